@@ -1,0 +1,325 @@
+"""The agent API: what an agent is, and the context its loop runs in.
+
+An :class:`Agent` is a name, a list of :class:`~rollout.tools.Tool`, a loop and a reward
+function. The loop is an ``async def loop(ctx: RolloutContext) -> None``; the default,
+:func:`tool_loop`, is the standard tool-calling loop::
+
+    while True:
+        message = await ctx.chat()          # one LLM turn on the trainer
+        if not message.tool_calls:
+            return                          # the model answered: finish_reason "stop"
+        await ctx.call_tools(message)       # run the calls concurrently, append in call order
+
+:class:`RolloutContext` is the only way agent code touches a rollout, and it keeps the
+protocol rules by construction:
+
+- the history is append-only (PROTOCOL.md §3 rule 1): :attr:`RolloutContext.messages` is
+  a tuple of frozen messages; assistant messages come only from :meth:`~RolloutContext.chat`;
+- every tool call is answered exactly once, right after its assistant message, before the
+  next chat request (§3 rule 2): :meth:`~RolloutContext.chat` refuses to run otherwise;
+- budgets (§3 rule 4): when ``max_turns`` chat requests were made, or the summed
+  ``usage.completion_tokens`` reached ``max_tokens_total``, the next :meth:`chat` cancels the
+  rollout's budget scope. The agent's code stops right there (``trio.Cancelled`` is not an
+  ``Exception``, so it cannot be swallowed by accident) and the rollout ends ``COMPLETED``
+  with ``finish_reason`` "max_turns" or "max_tokens".
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ._json import JSON
+from .errors import AgentError
+from .protocol import (
+    Completion,
+    CompletionParams,
+    FinishReason,
+    Message,
+    Metrics,
+    chat_request,
+)
+from .tools import Tool, run_tool_call
+
+__all__ = ["Agent", "AgentLoop", "RewardFn", "RolloutContext", "Trajectory", "tool_loop"]
+
+#: Sends one chat request body to the trainer and returns the parsed completion.
+ChatSender = Callable[[dict[str, JSON]], Awaitable[Completion]]
+
+
+@attrs.frozen
+class Trajectory:
+    """What a reward function sees: the final messages, the init ``metadata`` (e.g.
+    ``ground_truth``) and why the loop ended."""
+
+    rollout_id: str
+    messages: tuple[Message, ...]
+    metadata: Mapping[str, JSON]
+    finish_reason: FinishReason
+
+    @property
+    def final_answer(self) -> str:
+        """Text of the last assistant message, ``""`` when there is none."""
+        for message in reversed(self.messages):
+            if message.role == "assistant":
+                return message.text
+        return ""
+
+
+#: ``reward(trajectory) -> float | None``, sync or async. ``None`` means "no reward".
+RewardFn = Callable[[Trajectory], float | Awaitable[float | None] | None]
+#: ``async def loop(ctx) -> None``: drives one rollout through :class:`RolloutContext`.
+AgentLoop = Callable[["RolloutContext"], Awaitable[None]]
+
+
+async def tool_loop(ctx: RolloutContext) -> None:
+    """The standard tool-calling loop: chat, run the tool calls, repeat until the model
+    answers without tool calls. Budgets and the deadline end it from outside."""
+    while True:
+        message = await ctx.chat()
+        if not message.tool_calls:
+            return
+        await ctx.call_tools(message)
+
+
+def _tools_by_name(tools: Iterable[Tool]) -> tuple[Tool, ...]:
+    tools = tuple(tools)
+    names = [t.name for t in tools]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"tool names must be unique, repeated: {', '.join(duplicates)}")
+    return tools
+
+
+@attrs.frozen
+class Agent:
+    """An agent: ``name`` (reported by ``GET /health`` as ``agent_loop``), its ``tools``,
+    its ``loop`` (default :func:`tool_loop`) and an optional ``reward`` function.
+
+    Raises :class:`ValueError` when two tools share a name.
+    """
+
+    name: str
+    tools: tuple[Tool, ...] = attrs.field(default=(), converter=_tools_by_name)
+    reward: RewardFn | None = None
+    loop: AgentLoop = tool_loop
+    #: The OpenAI tool schemas sent in the ``202`` body and with every chat request.
+    tool_schemas: tuple[Mapping[str, JSON], ...] = attrs.field(init=False, repr=False)
+
+    @tool_schemas.default
+    def _schemas(self) -> tuple[Mapping[str, JSON], ...]:
+        return tuple(t.schema for t in self.tools)
+
+    async def score(self, trajectory: Trajectory) -> float | None:
+        """Run the reward function (sync ones in a worker thread); ``None`` without one.
+
+        Raises whatever the reward function raises, and :class:`TypeError` when it returns
+        something that is not a real number or ``None``.
+        """
+        if self.reward is None:
+            return None
+        if inspect.iscoroutinefunction(self.reward):
+            value = await self.reward(trajectory)
+        else:
+            value = await trio.to_thread.run_sync(self.reward, trajectory, abandon_on_cancel=True)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"reward function returned {value!r}, expected a float or None")
+        return float(value)
+
+
+@attrs.define
+class _Counters:
+    """Running metrics of one rollout; latencies in seconds until :meth:`metrics`."""
+
+    llm_seconds: float = 0.0
+    tool_seconds: float = 0.0
+    llm_calls: int = 0
+    tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_context_tokens: int = 0
+
+    def metrics(self, total_seconds: float) -> Metrics:
+        return Metrics(
+            total_latency_ms=total_seconds * 1000,
+            llm_latency_ms=self.llm_seconds * 1000,
+            tool_latency_ms=self.tool_seconds * 1000,
+            num_llm_calls=self.llm_calls,
+            num_tool_calls=self.tool_calls,
+            prompt_tokens=self.prompt_tokens,
+            response_tokens=self.completion_tokens,
+            max_context_tokens=self.max_context_tokens,
+        )
+
+
+class RolloutContext:
+    """One rollout as its agent loop sees it. Created by the server, not by agent code.
+
+    Read-only views: :attr:`rollout_id`, :attr:`messages`, :attr:`metadata`, :attr:`turns`,
+    :attr:`completion_tokens`, :attr:`max_turns`, :attr:`max_tokens_total`, :attr:`tools`.
+    """
+
+    def __init__(
+        self,
+        *,
+        rollout_id: str,
+        messages: Sequence[Message],
+        metadata: Mapping[str, JSON],
+        params: CompletionParams,
+        max_turns: int,
+        max_tokens_total: int,
+        agent: Agent,
+        send_chat: ChatSender,
+        tool_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.rollout_id = rollout_id
+        self.metadata = metadata
+        self.max_turns = max_turns
+        self.max_tokens_total = max_tokens_total
+        self._messages: list[Message] = list(messages)
+        self._params = params
+        self._agent = agent
+        self._tools = {t.name: t for t in agent.tools}
+        self._send_chat = send_chat
+        self._tool_limiter = tool_limiter
+        self._unanswered: dict[str, None] = {}  # tool_call ids of the last assistant message
+        self._last_finish_reason: str | None = None
+        self.counters = _Counters()
+        #: The scope budgets cancel; the runner opens it around the agent loop.
+        self.budget_scope = trio.CancelScope()
+        #: Which budget ended the loop, set just before :attr:`budget_scope` is cancelled.
+        self.budget_exhausted: FinishReason | None = None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The whole history so far, init messages first. A new tuple: appending to the
+        rollout goes through :meth:`chat`, :meth:`call_tools` or :meth:`append`."""
+        return tuple(self._messages)
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return self._agent.tools
+
+    @property
+    def turns(self) -> int:
+        """Chat requests answered so far."""
+        return self.counters.llm_calls
+
+    @property
+    def completion_tokens(self) -> int:
+        """Sum of ``usage.completion_tokens`` so far, the quantity ``max_tokens_total`` bounds."""
+        return self.counters.completion_tokens
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        """The ``finish_reason`` of a loop that returned by itself: "length" when the last
+        completion was cut by ``max_tokens``, else "stop"."""
+        return FinishReason.LENGTH if self._last_finish_reason == "length" else FinishReason.STOP
+
+    # ------------------------------------------------------------------ actions
+
+    async def chat(self) -> Message:
+        """One LLM turn: send the full history to the trainer, append and return the
+        assistant message.
+
+        Raises :class:`~rollout.errors.AgentError` when tool calls of the previous assistant
+        message are unanswered (PROTOCOL.md §3 rule 2), and
+        :class:`~rollout.errors.TrainerError` when the trainer fails after its retries.
+        When a budget is spent it cancels :attr:`budget_scope` instead of sending
+        (PROTOCOL.md §3 rule 4).
+        """
+        if self._unanswered:
+            raise AgentError(
+                f"tool calls {', '.join(self._unanswered)} must be answered before the next chat"
+                " request (PROTOCOL.md §3 rule 2)"
+            )
+        if self.turns >= self.max_turns:
+            await self._exhausted(FinishReason.MAX_TURNS)
+        if self.completion_tokens >= self.max_tokens_total:
+            await self._exhausted(FinishReason.MAX_TOKENS)
+        body = chat_request(self.rollout_id, self._messages, self._params, self._agent.tool_schemas)
+        started = trio.current_time()
+        try:
+            completion = await self._send_chat(body)
+        finally:
+            self.counters.llm_seconds += trio.current_time() - started
+        usage = completion.usage
+        self.counters.llm_calls += 1
+        self.counters.prompt_tokens += usage.prompt_tokens
+        self.counters.completion_tokens += usage.completion_tokens
+        self.counters.max_context_tokens = max(
+            self.counters.max_context_tokens,
+            usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+        )
+        self._last_finish_reason = completion.finish_reason
+        message = completion.message
+        self._messages.append(message)
+        self._unanswered = dict.fromkeys(call.id for call in message.tool_calls or ())
+        return message
+
+    async def call_tools(self, message: Message | None = None) -> tuple[Message, ...]:
+        """Run the tool calls of ``message`` (default: the last message) concurrently and
+        append one tool message per call, in call order. Returns those tool messages.
+
+        Failed calls are answered with an error text (PROTOCOL.md §3 rule 2); this never
+        raises because of a tool. Raises :class:`~rollout.errors.AgentError` when
+        ``message`` is not the last message of the history.
+        """
+        message = message if message is not None else self._messages[-1]
+        if not self._messages or message is not self._messages[-1]:
+            raise AgentError("call_tools() takes the last assistant message of the history")
+        calls = message.tool_calls or ()
+        contents: list[str] = [""] * len(calls)
+
+        async def run(index: int) -> None:
+            outcome = await run_tool_call(calls[index], self._tools, limiter=self._tool_limiter)
+            contents[index] = outcome.content
+
+        started = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(len(calls)):
+                    nursery.start_soon(run, index)
+        finally:
+            self.counters.tool_seconds += trio.current_time() - started
+        replies = tuple(
+            Message.tool(call.id, content) for call, content in zip(calls, contents, strict=True)
+        )
+        for reply in replies:
+            self.append(reply)
+        return replies
+
+    def append(self, message: Message) -> None:
+        """Append a ``user``/``system``/``tool`` message (e.g. environment feedback).
+
+        Raises :class:`~rollout.errors.AgentError` for an ``assistant`` message (those come
+        from the model, via :meth:`chat`), for a tool message whose ``tool_call_id`` is not
+        an unanswered call of the last assistant message, and for any other message while
+        tool calls are unanswered.
+        """
+        if message.role == "assistant":
+            raise AgentError("assistant messages come from the trainer: use ctx.chat()")
+        if message.role == "tool":
+            if message.tool_call_id not in self._unanswered:
+                raise AgentError(
+                    f"tool message for {message.tool_call_id!r} answers no unanswered tool call"
+                )
+            del self._unanswered[message.tool_call_id]
+            self.counters.tool_calls += 1
+        elif self._unanswered:
+            raise AgentError("tool messages must directly follow their assistant message")
+        self._messages.append(message)
+
+    async def _exhausted(self, reason: FinishReason) -> Any:
+        self.budget_exhausted = reason
+        self.budget_scope.cancel()
+        await trio.lowlevel.checkpoint()  # raises Cancelled: the agent stops here
+        raise AssertionError("unreachable: the budget scope was cancelled")  # pragma: no cover

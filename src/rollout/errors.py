@@ -1,0 +1,63 @@
+"""Every exception this package raises, in one place.
+
+Hierarchy::
+
+    RolloutError
+    ├── TrainerError                 the trainer failed a request (no retry left)
+    │   ├── TrainerHTTPError         it answered a non-2xx status
+    │   ├── TrainerTransportError    connect/read/write failed or timed out
+    │   └── MalformedCompletionError it answered 2xx with a body that is not a completion
+    ├── AgentError                   agent code broke a protocol rule (e.g. unanswered tool calls)
+    └── ToolError                    raised *by a tool* to send the model an error text
+
+Error messages never contain the trainer's ``api_key``: it only ever travels in headers.
+"""
+
+from __future__ import annotations
+
+
+class RolloutError(Exception):
+    """Base class of this package's errors."""
+
+
+class TrainerError(RolloutError):
+    """The trainer failed a request, after the retries it was allowed (PROTOCOL.md §2)."""
+
+
+class TrainerHTTPError(TrainerError):
+    """The trainer answered a non-2xx status.
+
+    ``status`` is the HTTP status; ``retry_after`` the ``Retry-After`` header in seconds,
+    when it sent a numeric one.
+    """
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """5xx, 408 and 429 are worth retrying; any other 4xx is final (PROTOCOL.md §2)."""
+        return self.status >= 500 or self.status in (408, 429)
+
+
+class TrainerTransportError(TrainerError):
+    """The request never got an answer: connection refused or reset, or a timeout."""
+
+
+class MalformedCompletionError(TrainerError):
+    """The trainer answered 2xx, but the body is not a usable chat completion."""
+
+
+class AgentError(RolloutError):
+    """Agent code broke a protocol rule, e.g. a chat request before every tool call was
+    answered (PROTOCOL.md §3 rule 2). Ends the rollout with ``finish_reason`` "error"."""
+
+
+class ToolError(RolloutError):
+    """Raise this inside a tool to answer the model with ``"Error: <message>"``.
+
+    Any other exception a tool raises is answered the same way; this one just says that
+    the message was written for the model.
+    """

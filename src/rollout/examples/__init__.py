@@ -1,0 +1,1 @@
+"""Example agents. ``rollout.examples.calculator:agent`` is the default of ``rollout serve``."""

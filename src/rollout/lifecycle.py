@@ -1,0 +1,149 @@
+"""One rollout, from start to result: scopes, budgets, reward, and every way it can end.
+
+:func:`run_rollout` never raises for anything the trainer, the tools, the model or the agent
+did: every ending becomes a :class:`~rollout.protocol.RolloutResult` (PROTOCOL.md §3 rule 6).
+The nesting of scopes is the whole design::
+
+    with run_scope:                  # wall-clock deadline; the supervisor cancels it on shutdown
+        async with queue slot:       # waiting for a free slot counts against the deadline
+            with ctx.budget_scope:   # max_turns / max_tokens_total (cancelled by ctx.chat())
+                await agent.loop(ctx)
+            reward = await agent.score(...)
+
+| how it ended                      | status    | finish_reason           | reward   |
+|-----------------------------------|-----------|-------------------------|----------|
+| the loop returned                 | COMPLETED | stop (length if cut)    | computed |
+| a budget was spent                | COMPLETED | max_turns / max_tokens  | computed |
+| the deadline passed               | ERROR     | timeout                 | none     |
+| the server shut down              | ERROR     | shutdown                | none     |
+| trainer, agent or reward failed   | ERROR     | error                   | none     |
+
+Infrastructure failures are never scored as reward 0: an ``ERROR`` result has no reward, so
+a trainer can tell "the model failed" from "the system failed". Every result carries the
+trajectory so far and real metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+import attrs
+import trio
+
+from .agent import Agent, RolloutContext, Trajectory
+from .errors import AgentError, TrainerError
+from .protocol import FinishReason, InitRequest, RolloutResult, Status
+from .trainer import TrainerClient
+
+__all__ = ["RunControl", "run_rollout"]
+
+log = logging.getLogger("rollout.lifecycle")
+
+
+@attrs.define(eq=False)
+class RunControl:
+    """The handle the supervisor keeps on one running rollout.
+
+    ``scope`` bounds the whole run with the wall-clock deadline; :meth:`shut_down` cancels it
+    with the reason "shutdown" instead of "timeout".
+    """
+
+    scope: trio.CancelScope
+    timeout: float
+    shutting_down: bool = False
+
+    def shut_down(self) -> None:
+        self.shutting_down = True
+        self.scope.cancel()
+
+
+async def run_rollout(
+    request: InitRequest,
+    agent: Agent,
+    trainer: TrainerClient,
+    control: RunControl,
+    *,
+    slot: Callable[[], AbstractAsyncContextManager[object]],
+    started_at: float,
+    tool_limiter: trio.CapacityLimiter | None = None,
+) -> RolloutResult:
+    """Run ``agent`` on ``request`` and return its one result. Never raises but
+    :class:`trio.Cancelled` from a scope *outside* ``control.scope``.
+
+    ``slot()`` is entered before the agent starts (the supervisor's concurrency limit);
+    ``started_at`` is the Trio time the rollout was accepted, from which the deadline and
+    ``total_latency_ms`` are counted.
+    """
+
+    async def send_chat(body: dict[str, object]) -> object:
+        return await trainer.chat(request.server_url, body, api_key=request.api_key)
+
+    ctx = RolloutContext(
+        rollout_id=request.rollout_id,
+        messages=request.messages,
+        metadata=request.metadata,
+        params=request.completion_params,
+        max_turns=request.max_turns,
+        max_tokens_total=request.max_tokens_total,
+        agent=agent,
+        send_chat=send_chat,  # type: ignore[arg-type]
+        tool_limiter=tool_limiter,
+    )
+    status, finish, reward, error = Status.ERROR, FinishReason.ERROR, None, None
+    with control.scope:
+        try:
+            async with slot():
+                with ctx.budget_scope:
+                    await agent.loop(ctx)
+                finish = ctx.budget_exhausted or ctx.finish_reason
+                trajectory = Trajectory(request.rollout_id, ctx.messages, request.metadata, finish)
+                try:
+                    reward = await agent.score(trajectory)
+                except Exception as exc:
+                    raise _RewardFailed(exc) from exc
+                status = Status.COMPLETED
+        except TrainerError as exc:
+            error = f"trainer error: {exc}"
+        except AgentError as exc:
+            error = f"agent error: {exc}"
+        except _RewardFailed as exc:
+            error = f"reward function failed: {_describe(exc.cause)}"
+            finish = FinishReason.ERROR
+        except Exception as exc:
+            log.exception("rollout %s: the agent loop raised", request.rollout_id)
+            error = f"agent loop raised {_describe(exc)}"
+    if control.scope.cancelled_caught:
+        status, reward = Status.ERROR, None
+        if control.shutting_down:
+            finish, error = (
+                FinishReason.SHUTDOWN,
+                "the server shut down before the rollout finished",
+            )
+        else:
+            finish = FinishReason.TIMEOUT
+            error = f"the rollout exceeded its deadline of {control.timeout:g} s"
+    if status is Status.ERROR and finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN):
+        finish = FinishReason.ERROR
+    return RolloutResult(
+        rollout_id=request.rollout_id,
+        status=status,
+        final_messages=ctx.messages,
+        finish_reason=finish,
+        metrics=ctx.counters.metrics(trio.current_time() - started_at),
+        error_message=error,
+        reward=reward,
+    )
+
+
+class _RewardFailed(Exception):
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,79 @@
+"""Serving an agent with Hypercorn's Trio worker, with a graceful drain on SIGTERM/SIGINT.
+
+Shutdown order (see STACK.md for why each step is where it is):
+
+1. SIGTERM or SIGINT arrives (the receiver is opened *before* the server listens, so an
+   early signal is never lost to the default handler, which would exit 143 with no drain);
+2. the supervisor drains while Hypercorn still serves: ``/health`` says "draining" and new
+   inits get ``503``; unfinished rollouts get ``drain_timeout`` seconds, then are cancelled
+   and their "shutdown" results delivered;
+3. Hypercorn stops listening and runs the app's ``after_serving``, which closes the shared
+   HTTP client last.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+from urllib.parse import urlsplit
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from .agent import Agent
+from .app import create_app, supervisor_of
+from .config import ServerConfig
+
+__all__ = ["serve"]
+
+#: Seconds in-flight HTTP requests get once Hypercorn stops listening (inits answer fast).
+_GRACEFUL_TIMEOUT = 5.0
+
+
+async def serve(
+    agent: Agent,
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``agent`` on ``host:port`` until ``shutdown_trigger`` returns (default: the
+    first SIGTERM or SIGINT), then drain and return.
+
+    Reports the bound port (an int; useful with ``port=0``) through ``task_status`` once the
+    server listens and the supervisor runs, so ``port = await nursery.start(serve, ...)``.
+    """
+    app = create_app(agent, config)
+    hconfig = hypercorn.config.Config()
+    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hconfig.accesslog = None
+    hconfig.graceful_timeout = _GRACEFUL_TIMEOUT
+    # after_serving drains again when Hypercorn is stopped some other way: let it finish.
+    hconfig.shutdown_timeout = config.shutdown_budget + _GRACEFUL_TIMEOUT
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+        async def first_signal() -> None:
+            async for _ in signals:
+                return
+
+        async def drain_then_stop() -> None:
+            await (shutdown_trigger or first_signal)()
+            await supervisor_of(app).drain()
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(hypercorn.trio.serve, app, hconfig, shutdown_trigger=drain_then_stop)
+            )
+            task_status.started(_port(binds[0]))
+
+
+def _port(bind: str) -> int:
+    port = urlsplit(bind).port
+    if port is None:
+        raise RuntimeError(f"Hypercorn reported a bind without a port: {bind}")
+    return port

@@ -1,0 +1,313 @@
+"""The supervisor: admission, idempotency, the rollout nursery, delivery and drain.
+
+One :class:`Supervisor` per server. It owns the nursery every rollout runs in (no rollout
+outlives it), so one failing rollout never harms another or the app: :func:`run_rollout`
+turns every failure into a result, and delivery failures are logged, never raised.
+
+Admission (:meth:`Supervisor.admit`, PROTOCOL.md §1 "Our rule"):
+
+- same idempotency key, same canonical body -> the same ``202`` body, nothing new starts;
+- same key, different body -> :class:`Conflict` (``409``);
+- draining for shutdown -> :class:`Draining` (``503``);
+- more than ``max_concurrent + max_queued`` rollouts unfinished -> :class:`Overloaded`
+  (``429`` with ``Retry-After``).
+
+A record is kept until its result was acknowledged (or given up on) plus
+``idempotency_ttl`` seconds, so a duplicate init arriving meanwhile never starts a second run.
+
+Shutdown (:meth:`Supervisor.drain`): stop admitting; let rollouts finish for up to
+``drain_timeout`` seconds; cancel the rest, which end with ``finish_reason`` "shutdown"; give
+their deliveries up to ``shutdown_delivery_timeout`` seconds; then stop.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from .agent import Agent
+from .config import ServerConfig
+from .errors import TrainerError
+from .lifecycle import RunControl, run_rollout
+from .protocol import InitRequest, InitResponse, RolloutResult
+from .trainer import TrainerClient, redact_url
+
+__all__ = ["AdmissionError", "Conflict", "Draining", "Overloaded", "Supervisor"]
+
+log = logging.getLogger("rollout.supervisor")
+
+
+class AdmissionError(Exception):
+    """An init that is valid but not admitted; ``status`` is the HTTP status to answer."""
+
+    status = 503
+    retry_after: float | None = None
+
+
+class Conflict(AdmissionError):
+    """The idempotency key is in use by a different init body (``409``)."""
+
+    status = 409
+
+
+class Overloaded(AdmissionError):
+    """The queue is full (``429`` with ``Retry-After``): backpressure, not failure."""
+
+    status = 429
+    retry_after = 1.0
+
+
+class Draining(AdmissionError):
+    """The server is shutting down and admits nothing new (``503``)."""
+
+    status = 503
+    retry_after = 5.0
+
+
+class Phase(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELIVERING = "delivering"
+    DONE = "done"
+
+
+@attrs.define(eq=False)
+class _Record:
+    """What the supervisor remembers of one idempotency key."""
+
+    digest: bytes
+    response: InitResponse
+    control: RunControl
+    phase: Phase = Phase.QUEUED
+    delivered: bool = False
+    done_at: float | None = None
+
+
+class Supervisor:
+    """Admits rollouts and runs each in its own task in the supervisor's nursery.
+
+    Use :meth:`run` as a service: ``await nursery.start(supervisor.run)``; it returns once
+    :meth:`drain` (or :meth:`close`) finished. Counters for ``GET /health`` are properties.
+    """
+
+    def __init__(self, agent: Agent, trainer: TrainerClient, config: ServerConfig) -> None:
+        self.agent = agent
+        self.trainer = trainer
+        self.config = config
+        self._records: dict[str, _Record] = {}
+        self._phases: Counter[Phase] = Counter()
+        self._finished: OrderedDict[str, float] = OrderedDict()  # key -> done_at, oldest first
+        self._slots = trio.CapacityLimiter(config.max_concurrent_rollouts)
+        self._tool_limiter = trio.CapacityLimiter(config.max_tool_threads)
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self._drained = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.completed_rollouts = 0
+        self.lost_results = 0
+
+    # ------------------------------------------------------------------ service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the rollout nursery until :meth:`drain` completes."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._drained.wait()
+            nursery.cancel_scope.cancel()  # only stragglers past every grace period remain
+
+    async def drain(self) -> None:
+        """Graceful shutdown; idempotent (a second call waits for the first).
+
+        Stops admitting, waits up to ``drain_timeout`` seconds for unfinished rollouts,
+        cancels the rest (each still gets its "shutdown" result), then waits up to
+        ``shutdown_delivery_timeout`` seconds for the last deliveries.
+        """
+        if self._draining:
+            await self._drained.wait()
+            return
+        self._draining = True
+        active = self.active_rollouts
+        if active:
+            log.info(
+                "draining: %d rollouts unfinished, waiting up to %g s",
+                active,
+                self.config.drain_timeout,
+            )
+        with trio.move_on_after(self.config.drain_timeout):
+            await self._idle.wait()
+        cancelled = [r for r in self._records.values() if r.phase in (Phase.QUEUED, Phase.RUNNING)]
+        for record in cancelled:
+            record.control.shut_down()
+        if cancelled:
+            log.warning(
+                "drain timeout: cancelled %d rollouts, delivering their results", len(cancelled)
+            )
+        with trio.move_on_after(self.config.shutdown_delivery_timeout):
+            await self._idle.wait()
+        if not self._idle.is_set():
+            log.error("shutdown: %d results could not be delivered in time", self.active_rollouts)
+        self._drained.set()
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(self, request: InitRequest) -> tuple[InitResponse, bool]:
+        """Admit ``request``; returns the ``202`` body and whether a new rollout started.
+
+        Raises :class:`Conflict`, :class:`Draining` or :class:`Overloaded`. Must be called
+        while :meth:`run` is running.
+        """
+        self._forget_expired()
+        digest = hashlib.sha256(request.canonical_json()).digest()
+        record = self._records.get(request.key)
+        if record is not None:
+            if record.digest != digest:
+                raise Conflict(
+                    f"idempotency key {request.key!r} is already used by a different init body"
+                    f" (rollout_id {record.response.rollout_id!r}); use a new key for a new rollout"
+                )
+            return record.response, False
+        if self._draining:
+            raise Draining("the server is draining for shutdown and admits no new rollouts")
+        limit = self.config.max_concurrent_rollouts + self.config.max_queued_rollouts
+        if self.active_rollouts >= limit:
+            raise Overloaded(
+                f"{self.active_rollouts} rollouts are unfinished (limit {limit}); retry later"
+            )
+        if self._nursery is None:
+            raise RuntimeError("Supervisor.admit() called before Supervisor.run() started")
+        response = InitResponse(request.rollout_id, self.agent.tool_schemas)
+        control = RunControl(trio.CancelScope(), timeout=self.config.rollout_timeout)
+        record = _Record(digest, response, control)
+        self._records[request.key] = record
+        self._phases[Phase.QUEUED] += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(
+            self._rollout, request, record, name=f"rollout {request.rollout_id}"
+        )
+        return response, True
+
+    def _forget_expired(self) -> None:
+        horizon = trio.current_time() - self.config.idempotency_ttl
+        while self._finished:
+            key, done_at = next(iter(self._finished.items()))
+            if done_at > horizon:
+                break
+            del self._finished[key]
+            self._records.pop(key, None)
+
+    # ------------------------------------------------------------------ one rollout
+
+    async def _rollout(self, request: InitRequest, record: _Record) -> None:
+        started_at = trio.current_time()
+        record.control.scope.deadline = started_at + self.config.rollout_timeout
+
+        @asynccontextmanager
+        async def slot() -> AsyncIterator[None]:
+            async with self._slots:
+                self._move(record, Phase.RUNNING)
+                yield
+
+        try:
+            result = await run_rollout(
+                request,
+                self.agent,
+                self.trainer,
+                record.control,
+                slot=slot,
+                started_at=started_at,
+                tool_limiter=self._tool_limiter,
+            )
+            self._move(record, Phase.DELIVERING)
+            self._log_result(result)
+            record.delivered = await self._deliver(request, result)
+        finally:
+            self._move(record, Phase.DONE)
+            record.done_at = trio.current_time()
+            self._finished[request.key] = record.done_at
+            self.completed_rollouts += 1
+            if self.active_rollouts == 0:
+                self._idle.set()
+
+    async def _deliver(self, request: InitRequest, result: RolloutResult) -> bool:
+        where = redact_url(request.server_url)
+        try:
+            await self.trainer.deliver(request.server_url, result, api_key=request.api_key)
+        except TrainerError as exc:
+            self.lost_results += 1
+            log.error("rollout %s: result NOT delivered to %s: %s", request.rollout_id, where, exc)
+            return False
+        log.debug("rollout %s: result delivered to %s", request.rollout_id, where)
+        return True
+
+    def _log_result(self, result: RolloutResult) -> None:
+        if result.error_message is None:
+            log.info(
+                "rollout %s: %s (%s) reward=%s turns=%d",
+                result.rollout_id,
+                result.status.value,
+                result.finish_reason.value,
+                result.reward,
+                result.metrics.num_llm_calls,
+            )
+        else:
+            log.warning(
+                "rollout %s: %s (%s): %s",
+                result.rollout_id,
+                result.status.value,
+                result.finish_reason.value,
+                result.error_message,
+            )
+
+    # ------------------------------------------------------------------ health
+
+    def _move(self, record: _Record, phase: Phase) -> None:
+        self._phases[record.phase] -= 1
+        self._phases[phase] += 1
+        record.phase = phase
+
+    def _count(self, *phases: Phase) -> int:
+        return sum(self._phases[phase] for phase in phases)
+
+    @property
+    def queued_rollouts(self) -> int:
+        return self._count(Phase.QUEUED)
+
+    @property
+    def running_rollouts(self) -> int:
+        return self._count(Phase.RUNNING)
+
+    @property
+    def delivering_results(self) -> int:
+        return self._count(Phase.DELIVERING)
+
+    @property
+    def active_rollouts(self) -> int:
+        """Accepted rollouts whose result was not yet delivered or given up on."""
+        return self._count(Phase.QUEUED, Phase.RUNNING, Phase.DELIVERING)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def health(self) -> dict[str, object]:
+        """The ``GET /health`` body: the reference's keys plus our counters (PROTOCOL.md §1)."""
+        return {
+            "status": "draining" if self._draining else "healthy",
+            "agent_loop": self.agent.name,
+            "active_rollouts": self.active_rollouts,
+            "completed_rollouts": self.completed_rollouts,
+            "queued_rollouts": self.queued_rollouts,
+            "running_rollouts": self.running_rollouts,
+            "delivering_results": self.delivering_results,
+            "lost_results": self.lost_results,
+            "draining": self._draining,
+        }
