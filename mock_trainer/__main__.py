@@ -1,0 +1,48 @@
+"""``python -m mock_trainer [--host H] [--port P] [--behaviour B]``: run until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+
+import click
+import trio
+
+from ._serve import serve
+from .app import MockTrainer
+
+
+async def _until_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=9001, show_default=True)
+@click.option(
+    "--behaviour",
+    type=click.Choice(["calculator", "always_tools"]),
+    default="calculator",
+    show_default=True,
+)
+def main(host: str, port: int, behaviour: str) -> None:
+    """A trainer simulator: scripted calculator model, result recording."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    trainer = MockTrainer(behaviour=behaviour)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                partial(serve, trainer, host, port, shutdown_trigger=_until_signal)
+            )
+            click.echo(f"mock trainer listening on http://{host}:{bound}")
+
+    trio.run(run)
+
+
+main()
