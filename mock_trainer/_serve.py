@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from urllib.parse import urlsplit
@@ -31,6 +32,8 @@ async def serve(
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    # Through the logging tree (one line per message, the caller's format and level).
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

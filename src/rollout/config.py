@@ -31,6 +31,9 @@ class ServerConfig:
       (queueing included), ending it with ``finish_reason`` "timeout".
     - ``drain_timeout``: on SIGTERM/SIGINT, how long unfinished rollouts may go on.
     - ``shutdown_delivery_timeout``: then, how long their results may take to deliver.
+    - ``graceful_timeout``: after the drain, how long Hypercorn lets open HTTP connections
+      finish before closing them. Idle keep-alive connections from trainers hold shutdown
+      for this long (Hypercorn's Trio worker does not close them early), so keep it short.
     - ``idempotency_ttl``: how long a finished rollout's key is remembered.
     - ``max_body_bytes``: largest init body (``413`` beyond).
     - ``max_tool_threads``: worker threads for sync tools, across all rollouts.
@@ -44,6 +47,7 @@ class ServerConfig:
     rollout_timeout: float = attrs.field(default=600.0, validator=_positive)
     drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     shutdown_delivery_timeout: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
+    graceful_timeout: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     idempotency_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     max_tool_threads: int = attrs.field(default=16, validator=_positive)
@@ -59,4 +63,4 @@ class ServerConfig:
     @property
     def shutdown_budget(self) -> float:
         """Longest graceful shutdown: drain, then the last deliveries, plus a margin."""
-        return self.drain_timeout + self.shutdown_delivery_timeout + 5.0
+        return self.drain_timeout + self.shutdown_delivery_timeout + self.graceful_timeout + 5.0

@@ -13,6 +13,7 @@ Shutdown order (see STACK.md for why each step is where it is):
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -27,9 +28,6 @@ from .app import create_app, supervisor_of
 from .config import ServerConfig
 
 __all__ = ["serve"]
-
-#: Seconds in-flight HTTP requests get once Hypercorn stops listening (inits answer fast).
-_GRACEFUL_TIMEOUT = 5.0
 
 
 async def serve(
@@ -51,9 +49,11 @@ async def serve(
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconfig.accesslog = None
-    hconfig.graceful_timeout = _GRACEFUL_TIMEOUT
+    # Through the logging tree (one line per message, the caller's format and level).
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.graceful_timeout = config.graceful_timeout
     # after_serving drains again when Hypercorn is stopped some other way: let it finish.
-    hconfig.shutdown_timeout = config.shutdown_budget + _GRACEFUL_TIMEOUT
+    hconfig.shutdown_timeout = config.shutdown_budget
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
