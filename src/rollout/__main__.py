@@ -1,0 +1,5 @@
+"""``python -m rollout`` is the ``rollout`` command."""
+
+from .cli import main
+
+main()

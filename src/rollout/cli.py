@@ -1,0 +1,215 @@
+"""The ``rollout`` command line: ``rollout serve`` and ``rollout demo``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+
+import click
+import trio
+from rich.console import Console
+
+from .agent import Agent
+from .config import ServerConfig
+from .serve import serve
+
+DEFAULT_AGENT = "rollout.examples.calculator:agent"
+
+
+def load_agent(reference: str) -> Agent:
+    """Import ``"package.module:name"``; ``name`` is an :class:`Agent` or a function
+    returning one. Raises :class:`click.BadParameter` with the reason otherwise."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected 'module:name', got {reference!r}", param_hint="-m")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-m") from None
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise click.BadParameter(
+            f"{module_name!r} has no attribute {attribute!r}", param_hint="-m"
+        ) from None
+    agent = target() if callable(target) and not isinstance(target, Agent) else target
+    if not isinstance(agent, Agent):
+        raise click.BadParameter(
+            f"{reference} is a {type(agent).__name__}, not a rollout.Agent", param_hint="-m"
+        )
+    return agent
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO: one line per LLM turn is noise at the default level.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@click.group()
+@click.version_option(package_name="rollout")
+def main() -> None:
+    """A rollout server for RL training of LLM agents (the Remote Rollout Protocol)."""
+
+
+@main.command("serve")
+@click.option(
+    "-m",
+    "--module",
+    "agent_ref",
+    default=DEFAULT_AGENT,
+    show_default=True,
+    help="The agent, as module:name.",
+)
+@click.option(
+    "--host", envvar="ROLLOUT_SERVER_HOST", default="0.0.0.0", show_default=True, show_envvar=True
+)
+@click.option(
+    "--port",
+    envvar="ROLLOUT_SERVER_PORT",
+    type=click.IntRange(0, 65535),
+    default=9000,
+    show_default=True,
+    show_envvar=True,
+)
+@click.option(
+    "--api-key",
+    envvar="ROLLOUT_SERVER_API_KEY",
+    default=None,
+    show_envvar=True,
+    help="Require 'Authorization: Bearer KEY' on /v1/rollout/init.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Rollouts running at once; the rest queue.",
+)
+@click.option(
+    "--max-queued",
+    type=click.IntRange(0),
+    default=1024,
+    show_default=True,
+    help="Unfinished rollouts beyond --max-concurrent before 429.",
+)
+@click.option(
+    "--rollout-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Wall-clock deadline of one rollout, seconds.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, seconds unfinished rollouts may go on.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve_command(
+    agent_ref: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_concurrent: int,
+    max_queued: int,
+    rollout_timeout: float,
+    drain_timeout: float,
+    log_level: str,
+) -> None:
+    """Serve an agent until SIGTERM or SIGINT, then drain gracefully."""
+    _configure_logging(log_level)
+    agent = load_agent(agent_ref)
+    config = ServerConfig(
+        api_key=api_key or None,
+        max_concurrent_rollouts=max_concurrent,
+        max_queued_rollouts=max_queued,
+        rollout_timeout=rollout_timeout,
+        drain_timeout=drain_timeout,
+    )
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve, agent, config, host=host, port=port))
+            auth = "required" if config.api_key else "not required"
+            logging.getLogger("rollout").info(
+                "rollout server listening on http://%s:%d (agent %s, inbound API key %s)",
+                host,
+                bound,
+                agent.name,
+                auth,
+            )
+
+    trio.run(run)
+
+
+@main.command("demo")
+@click.option(
+    "--dataset",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSONL problems (default: the bundled 124 calculator problems).",
+)
+@click.option(
+    "--limit", type=click.IntRange(1), default=None, help="Run only the first N problems."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Rollouts in flight at once.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("rollout-demo-results.json"),
+    show_default=True,
+    help="Where to write per-rollout results.",
+)
+@click.option(
+    "--result-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for a result before counting it lost.",
+)
+def demo_command(
+    dataset: Path | None, limit: int | None, concurrency: int, output: Path, result_timeout: float
+) -> None:
+    """Run the mock trainer and a rollout server on loopback and push a dataset through.
+
+    Exits non-zero when any rollout was lost, rejected or ended in ERROR.
+    """
+    from .demo import load_problems, run_demo, summarize, write_outcomes
+
+    _configure_logging("warning")
+    console = Console()
+    problems = load_problems(dataset)[:limit]
+    outcomes = trio.run(
+        partial(
+            run_demo,
+            problems,
+            concurrency=concurrency,
+            result_timeout=result_timeout,
+            console=console,
+        )
+    )
+    ok = summarize(outcomes, console)
+    write_outcomes(outcomes, output)
+    console.print(f"per-rollout results written to {output}")
+    sys.exit(0 if ok else 1)

@@ -1,0 +1,252 @@
+"""``rollout demo``: the whole protocol end to end on loopback, as a trainer would drive it.
+
+It serves the mock trainer (:mod:`mock_trainer`) and a rollout server with the calculator
+agent on free 127.0.0.1 ports, posts one ``/v1/rollout/init`` per problem of the bundled
+dataset (at most ``concurrency`` waiting at once, retrying a ``429`` after its
+``Retry-After``), waits for each result on the trainer's ``/v1/rollout/completed``, and
+summarizes: completed / errored / lost, mean reward, turns, and p50/p99 seconds from init to
+result. A rollout is *lost* when no result arrived within ``result_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mock_trainer import MockTrainer
+from mock_trainer import serve as serve_trainer
+
+from .config import ServerConfig
+from .examples.calculator import agent as calculator_agent
+from .serve import serve
+
+__all__ = ["DemoOutcome", "Problem", "load_problems", "run_demo", "summarize", "write_outcomes"]
+
+#: The key the demo trainer gives every rollout, to be sent back on every callback.
+DEMO_API_KEY = "demo-trainer-key"
+
+
+@attrs.frozen
+class Problem:
+    """One dataset row: ``{"id", "system_prompt", "user_prompt", "ground_truth"}``."""
+
+    id: str
+    system_prompt: str
+    user_prompt: str
+    ground_truth: str
+
+
+@attrs.frozen
+class DemoOutcome:
+    """What the trainer saw of one rollout. ``status`` is "lost" when no result came."""
+
+    rollout_id: str
+    question: str
+    ground_truth: str
+    status: str
+    finish_reason: str | None
+    reward: float | None
+    turns: int | None
+    seconds: float
+    final_answer: str | None
+    error_message: str | None
+
+
+def load_problems(path: Path | None = None) -> list[Problem]:
+    """Read a JSONL dataset; the bundled 124 calculator problems when ``path`` is None."""
+    if path is None:
+        text = resources.files("rollout.examples").joinpath("calculator_problems.jsonl").read_text()
+    else:
+        text = path.read_text()
+    return [Problem(**json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) -> DemoOutcome:
+    if result is None:
+        return DemoOutcome(
+            problem.id,
+            problem.user_prompt,
+            problem.ground_truth,
+            "lost",
+            None,
+            None,
+            None,
+            seconds,
+            None,
+            None,
+        )
+    answers = [
+        m.get("content") for m in result.get("final_messages", []) if m.get("role") == "assistant"
+    ]
+    return DemoOutcome(
+        rollout_id=problem.id,
+        question=problem.user_prompt,
+        ground_truth=problem.ground_truth,
+        status=result["status"],
+        finish_reason=result.get("finish_reason"),
+        reward=result.get("reward"),
+        turns=result.get("metrics", {}).get("num_llm_calls"),
+        seconds=seconds,
+        final_answer=answers[-1] if answers else None,
+        error_message=result.get("error_message"),
+    )
+
+
+async def _one(
+    client: httpx.AsyncClient,
+    server: str,
+    trainer_url: str,
+    trainer: MockTrainer,
+    problem: Problem,
+    result_timeout: float,
+) -> DemoOutcome:
+    body = {
+        "rollout_id": problem.id,
+        "server_url": trainer_url,
+        "messages": [
+            {"role": "system", "content": problem.system_prompt},
+            {"role": "user", "content": problem.user_prompt},
+        ],
+        "completion_params": {"temperature": 0.7, "max_tokens": 256},
+        "max_turns": 8,
+        "max_tokens_total": 4096,
+        "metadata": {"ground_truth": problem.ground_truth},
+        "api_key": DEMO_API_KEY,
+    }
+    started = trio.current_time()
+    while True:
+        response = await client.post(f"{server}/v1/rollout/init", json=body)
+        if response.status_code != 429:
+            break
+        await trio.sleep(float(response.headers.get("retry-after", "1")))
+    if response.status_code != 202:
+        return attrs.evolve(
+            _outcome(problem, None, trio.current_time() - started),
+            status=f"rejected ({response.status_code})",
+            error_message=response.text,
+        )
+    try:
+        result = await trainer.wait_result(problem.id, timeout=result_timeout)
+    except TimeoutError:
+        result = None
+    return _outcome(problem, result, trio.current_time() - started)
+
+
+async def run_demo(
+    problems: Sequence[Problem],
+    *,
+    concurrency: int = 32,
+    result_timeout: float = 120.0,
+    config: ServerConfig | None = None,
+    console: Console | None = None,
+) -> list[DemoOutcome]:
+    """Run every problem through the protocol; returns one outcome per problem, in order."""
+    console = console or Console()
+    config = config or ServerConfig(api_key=None)
+    trainer = MockTrainer()
+    outcomes: list[DemoOutcome | None] = [None] * len(problems)
+    stop_server = trio.Event()
+    async with trio.open_nursery() as nursery:
+        trainer_port = await nursery.start(serve_trainer, trainer, "127.0.0.1", 0)
+        # The rollout server gets its own nursery inside the trainer's: it must drain (and
+        # deliver) before the trainer goes away.
+        async with trio.open_nursery() as server_nursery:
+            server_port = await server_nursery.start(
+                partial(
+                    serve,
+                    calculator_agent,
+                    config,
+                    host="127.0.0.1",
+                    port=0,
+                    shutdown_trigger=stop_server.wait,
+                )
+            )
+            server = f"http://127.0.0.1:{server_port}"
+            trainer_url = f"http://127.0.0.1:{trainer_port}"
+            console.print(
+                f"mock trainer on {trainer_url}, rollout server on {server} (agent: calculator)"
+            )
+            limiter = trio.CapacityLimiter(concurrency)
+            columns = (
+                TextColumn("rollouts"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console) as progress:
+                bar = progress.add_task("rollouts", total=len(problems))
+                limits = httpx.Limits(max_connections=concurrency)
+                async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+
+                    async def send(index: int) -> None:
+                        async with limiter:
+                            outcomes[index] = await _one(
+                                client,
+                                server,
+                                trainer_url,
+                                trainer,
+                                problems[index],
+                                result_timeout,
+                            )
+                        progress.advance(bar)
+
+                    async with trio.open_nursery() as senders:
+                        for index in range(len(problems)):
+                            senders.start_soon(send, index)
+            stop_server.set()
+        nursery.cancel_scope.cancel()
+    return [o for o in outcomes if o is not None]
+
+
+def summarize(outcomes: Sequence[DemoOutcome], console: Console) -> bool:
+    """Print the summary table; True when no rollout was lost, rejected or errored."""
+    counts = {
+        status: sum(1 for o in outcomes if o.status == status)
+        for status in ("COMPLETED", "ERROR", "lost")
+    }
+    rejected = len(outcomes) - sum(counts.values())
+    rewards = [o.reward for o in outcomes if o.reward is not None]
+    turns = [o.turns for o in outcomes if o.turns is not None]
+    seconds = sorted(o.seconds for o in outcomes)
+    table = Table(title="rollout demo", show_header=False)
+    table.add_row("rollouts", str(len(outcomes)))
+    table.add_row("completed", str(counts["COMPLETED"]))
+    table.add_row("errored", str(counts["ERROR"]))
+    table.add_row("lost (no result)", str(counts["lost"]))
+    if rejected:
+        table.add_row("rejected at init", str(rejected))
+    table.add_row("mean reward", f"{statistics.fmean(rewards):.3f}" if rewards else "n/a")
+    table.add_row("mean turns", f"{statistics.fmean(turns):.2f}" if turns else "n/a")
+    if seconds:
+        table.add_row("p50 init -> result", f"{_quantile(seconds, 0.50) * 1000:.1f} ms")
+        table.add_row("p99 init -> result", f"{_quantile(seconds, 0.99) * 1000:.1f} ms")
+    console.print(table)
+    for outcome in outcomes:
+        if outcome.status not in ("COMPLETED",):
+            console.print(
+                f"[red]{outcome.rollout_id}: {outcome.status} {outcome.error_message or ''}[/red]"
+            )
+    return counts["ERROR"] == 0 and counts["lost"] == 0 and rejected == 0
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of already sorted values."""
+    index = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def write_outcomes(outcomes: Sequence[DemoOutcome], path: Path) -> None:
+    """Write one JSON object per rollout (a JSON array) to ``path``."""
+    path.write_text(json.dumps([attrs.asdict(o) for o in outcomes], indent=2) + "\n")
