@@ -1,0 +1,188 @@
+"""Fixtures: a mock trainer and rollout servers, each served by Hypercorn on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from mock_trainer import MockTrainer
+from mock_trainer import serve as serve_trainer
+from rollout import Agent, RetryPolicy, RolloutContext, ServerConfig, serve
+from rollout.examples.calculator import agent as calculator_agent
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+#: Retries fast enough for tests, with the same shape as production.
+FAST_CHAT_RETRY = RetryPolicy(
+    attempts=4, request_timeout=30.0, wait_initial=0.01, wait_max=0.05, wait_jitter=0.01
+)
+FAST_DELIVERY_RETRY = RetryPolicy(
+    attempts=None,
+    timeout=30.0,
+    request_timeout=30.0,
+    wait_initial=0.01,
+    wait_max=0.05,
+    wait_jitter=0.01,
+)
+
+
+def fixture_json(name: str) -> Any:
+    """A golden example from tests/fixtures (copied from the protocol's examples)."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+def make_config(**overrides: Any) -> ServerConfig:
+    """A ServerConfig with fast retries and a deadline that fails a stuck test quickly."""
+    base = ServerConfig(
+        rollout_timeout=60.0,
+        drain_timeout=5.0,
+        shutdown_delivery_timeout=5.0,
+        graceful_timeout=0.1,
+        chat_retry=FAST_CHAT_RETRY,
+        delivery_retry=FAST_DELIVERY_RETRY,
+    )
+    return attrs.evolve(base, **overrides)
+
+
+@attrs.define
+class Trainer:
+    """The mock trainer under test and its base URL."""
+
+    mock: MockTrainer
+    url: str
+
+
+@attrs.define
+class Server:
+    """A running rollout server: its base URL, a client, and the trigger that drains it."""
+
+    url: str
+    client: httpx.AsyncClient
+    stop: trio.Event
+    stopped: trio.Event
+
+    async def init(self, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        return await self.client.post(f"{self.url}/v1/rollout/init", json=body, **kwargs)
+
+    async def health(self) -> dict[str, Any]:
+        response = await self.client.get(f"{self.url}/health")
+        assert response.status_code == 200
+        return response.json()  # type: ignore[no-any-return]
+
+    async def shutdown(self) -> None:
+        """Trigger the graceful drain and wait until the server stopped serving."""
+        self.stop.set()
+        await self.stopped.wait()
+
+
+@pytest.fixture
+async def trainer(nursery: trio.Nursery) -> Trainer:
+    mock = MockTrainer()
+    port = await nursery.start(serve_trainer, mock, "127.0.0.1", 0)
+    return Trainer(mock, f"http://127.0.0.1:{port}")
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server(nursery: trio.Nursery, trainer: Trainer) -> AsyncIterator[StartServer]:
+    """``await start_server(agent=..., **config_overrides)`` serves a rollout server.
+
+    At teardown every server still running is shut down gracefully (drained, its HTTP
+    client closed), as in production, rather than cancelled. It depends on ``trainer``
+    because pytest-trio tears down each fixture's nursery as soon as its own users are
+    done: the trainer must outlive the drain, which still delivers results to it.
+    """
+    servers: list[Server] = []
+    async with httpx.AsyncClient(timeout=30.0) as client:
+
+        async def start(agent: Agent = calculator_agent, **overrides: Any) -> Server:
+            stop, stopped = trio.Event(), trio.Event()
+            config = make_config(**overrides)
+
+            async def run(task_status: trio.TaskStatus[int]) -> None:
+                try:
+                    await serve(
+                        agent,
+                        config,
+                        host="127.0.0.1",
+                        port=0,
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                    )
+                finally:
+                    stopped.set()
+
+            port = await nursery.start(run)
+            servers.append(Server(f"http://127.0.0.1:{port}", client, stop, stopped))
+            return servers[-1]
+
+        yield start
+        with trio.fail_after(60):
+            for server in servers:
+                await server.shutdown()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> Server:
+    return await start_server()
+
+
+def gated_agent(release: trio.Event) -> Agent:
+    """An agent whose rollouts wait for ``release`` before their one chat turn."""
+
+    async def waits(ctx: RolloutContext) -> None:
+        await release.wait()
+        await ctx.chat()
+
+    return Agent("waits", loop=waits)
+
+
+def init_body(
+    trainer: Trainer, question: str = "What is 25 + 17?", **fields: Any
+) -> dict[str, Any]:
+    """An init request for the calculator, like tests/fixtures/01_init_request.json."""
+    body: dict[str, Any] = {
+        "rollout_id": fields.pop("rollout_id", "r-1"),
+        "server_url": trainer.url,
+        "messages": [
+            {"role": "system", "content": "You are a calculator. Use the tools."},
+            {"role": "user", "content": question},
+        ],
+        "completion_params": {"temperature": 0.7, "max_tokens": 64},
+        "max_turns": 8,
+        "max_tokens_total": 4096,
+        "metadata": {},
+    }
+    body.update(fields)
+    return body
+
+
+async def run_to_result(
+    server: Server, trainer: Trainer, body: dict[str, Any], result_timeout: float = 30.0
+) -> dict[str, Any]:
+    """POST the init, expect 202, and return the result the trainer received."""
+    response = await server.init(body)
+    assert response.status_code == 202, response.text
+    return await trainer.mock.wait_result(body["rollout_id"], timeout=result_timeout)  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "FIXTURES",
+    "Server",
+    "StartServer",
+    "Trainer",
+    "fixture_json",
+    "gated_agent",
+    "init_body",
+    "make_config",
+    "run_to_result",
+]
