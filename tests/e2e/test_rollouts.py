@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from conftest import Server, StartServer, Trainer, init_body, run_to_result
 
+from conftest import Server, StartServer, Trainer, init_body, run_to_result
 from mock_trainer import Fault
 
 

@@ -13,8 +13,8 @@ from functools import partial
 
 import pytest
 import trio
-from conftest import StartServer, Trainer, gated_agent, init_body
 
+from conftest import StartServer, Trainer, gated_agent, init_body
 from rollout import Agent, Message, RolloutContext
 
 #: Bounds for the real-process tests; far above what they need on a loaded 2-core machine.

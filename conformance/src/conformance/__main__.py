@@ -1,0 +1,5 @@
+"""``python -m conformance --target URL``."""
+
+from .cli import main
+
+main()

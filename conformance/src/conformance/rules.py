@@ -1,0 +1,581 @@
+"""The protocol rules, each a pure check of what the trainer saw.
+
+Every rule has a name, a level and the section of PROTOCOL.md it comes from:
+
+- **core**: what the reference protocol itself requires; a fair bar for any server;
+- **strict**: this project's stronger guarantees ("Our rule" in PROTOCOL.md).
+
+A check returns the list of violations (human-readable, one per problem); empty means the
+exchange kept the rule. ``focus`` tells the strategies which situations exercise the rule
+(see :func:`conformance.strategies.cases_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import attrs
+import jsonschema
+
+from .exchange import Exchange, InvalidExchange
+from .trainer import WireEntry
+
+__all__ = ["RULES", "Focus", "Level", "Rule", "select_rules"]
+
+Level = Literal["core", "strict"]
+#: Which situations a rule needs: see :func:`conformance.strategies.cases_for`.
+Focus = Literal[
+    "rollout",
+    "budget",
+    "faults",
+    "duplicate",
+    "changed",
+    "params",
+    "error",
+    "invalid_init",
+    "stateful",
+]
+
+#: The sampling keys the reference itself sends (PROTOCOL.md §2); others are "extra".
+STANDARD_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "stop", "logprobs"})
+METRIC_KEYS = (
+    "total_latency_ms",
+    "llm_latency_ms",
+    "tool_latency_ms",
+    "num_llm_calls",
+    "num_tool_calls",
+    "prompt_tokens",
+    "response_tokens",
+    "max_context_tokens",
+)
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@attrs.frozen
+class Rule:
+    """A named protocol rule: ``check`` returns the violations found in one exchange."""
+
+    name: str
+    level: Level
+    cites: str
+    summary: str
+    focus: Focus
+    check: Callable[[Any], list[str]] = attrs.field(repr=False)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.dumps(json.loads(raw), sort_keys=True)
+        except json.JSONDecodeError:
+            return raw
+    return json.dumps(raw, sort_keys=True)
+
+
+def _norm(message: Any) -> Any:
+    """A message reduced to what the protocol says must not change: role, content (None
+    and "" alike), tool calls (ids, names, arguments as JSON), tool_call_id, name."""
+    if not isinstance(message, dict):
+        return ("not an object", json.dumps(message, sort_keys=True, default=str))
+    content = message.get("content")
+    if not isinstance(content, str | None):
+        content = json.dumps(content, sort_keys=True)
+    calls = tuple(
+        (
+            call.get("id"),
+            (call.get("function") or {}).get("name"),
+            _arguments((call.get("function") or {}).get("arguments")),
+        )
+        if isinstance(call, dict)
+        else ("not an object",)
+        for call in (message.get("tool_calls") or ())
+    )
+    return (message.get("role"), content or "", calls, message.get("tool_call_id"))
+
+
+def _diverges(messages: Sequence[Any], prefix: Sequence[Any]) -> str | None:
+    """Why ``messages`` does not start with ``prefix`` (None when it does)."""
+    for index, expected in enumerate(prefix):
+        if index >= len(messages):
+            return (
+                f"history has {len(messages)} messages, the {len(prefix)} before it were "
+                f"dropped from message {index} on"
+            )
+        if _norm(messages[index]) != _norm(expected):
+            role = expected.get("role") if isinstance(expected, dict) else "?"
+            return f"message {index} ({role}) was rewritten or replaced"
+    return None
+
+
+def _messages(entry_body: Any, key: str = "messages") -> list[Any] | None:
+    if isinstance(entry_body, dict) and isinstance(entry_body.get(key), list):
+        return list(entry_body[key])
+    return None
+
+
+def _expected_prefixes(ex: Exchange) -> tuple[list[tuple[int, WireEntry, list[Any]]], list[Any]]:
+    """For each chat request, the history it must start with (PROTOCOL.md §3 rule 1), and
+    the history ``final_messages`` must start with."""
+    base: list[Any] = list(ex.case.messages)
+    out = []
+    for number, entry in enumerate(ex.chat, 1):
+        out.append((number, entry, base))
+        messages = _messages(entry.body)
+        if messages is None:
+            continue
+        answer = ex.answered_message(entry)
+        base = [*messages, answer] if answer is not None else messages
+    return out, base
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _result_bodies(ex: Exchange) -> list[dict[str, Any]]:
+    return [entry.body for entry in ex.results if isinstance(entry.body, dict)]
+
+
+# -- core -------------------------------------------------------------------------------
+
+
+def _check_tool_schema(tool: Any) -> list[str]:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        return [f"tool {json.dumps(tool)[:80]} is not {{'type': 'function', ...}}"]
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        return ["tool has no 'function' object"]
+    name = function.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        return [f"tool name {name!r} is not 1-64 characters of [a-zA-Z0-9_-]"]
+    parameters = function.get("parameters", {"type": "object", "properties": {}})
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        return [f"tool {name}: 'parameters' is not a JSON Schema of type object"]
+    try:
+        # null-valued keywords (the reference's pydantic output has "enum": null) mean absent.
+        jsonschema.Draft202012Validator.check_schema(_drop_nulls(parameters))
+    except jsonschema.SchemaError as exc:
+        return [f"tool {name}: 'parameters' is not a valid JSON Schema: {exc.message}"]
+    return []
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def init_response(ex: Exchange) -> list[str]:
+    first = ex.inits[0]
+    if first.status != 202:
+        return [f"init answered {first.status}, expected 202: {str(first.body)[:200]}"]
+    body = first.body
+    if not isinstance(body, dict):
+        return ["the 202 body is not a JSON object"]
+    problems: list[str] = []
+    if body.get("rollout_id") != ex.case.rollout_id:
+        problems.append(
+            f"202 rollout_id is {body.get('rollout_id')!r}, sent {ex.case.rollout_id!r}"
+        )
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        problems.append("the 202 body has no 'tools' list")
+    else:
+        for tool in tools:
+            problems.extend(_check_tool_schema(tool))
+    return problems
+
+
+def append_only(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    prefixes, final = _expected_prefixes(ex)
+    for number, entry, base in prefixes:
+        messages = _messages(entry.body)
+        if messages is None:
+            problems.append(f"chat request #{number} has no 'messages' list")
+        elif why := _diverges(messages, base):
+            problems.append(f"chat request #{number}: {why}")
+    for body in _result_bodies(ex):
+        messages = _messages(body, "final_messages")
+        if body.get("status") != "COMPLETED" or messages is None:
+            continue
+        if why := _diverges(messages, final):
+            problems.append(f"final_messages of the COMPLETED result: {why}")
+    return _unique(problems)
+
+
+def _tool_message_problems(messages: list[Any], start: int, *, final: bool) -> list[str]:
+    problems: list[str] = []
+    index = start
+    while index < len(messages):
+        message = messages[index]
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            problems.append(f"message {index}: a tool message that follows no assistant tool call")
+            index += 1
+            continue
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        index += 1
+        if role != "assistant" or not calls:
+            continue
+        ids = [call.get("id") for call in calls if isinstance(call, dict)]
+        answered = []
+        while index < len(messages) and isinstance(messages[index], dict):
+            reply = messages[index]
+            if reply.get("role") != "tool":
+                break
+            if not isinstance(reply.get("content"), str):
+                problems.append(f"message {index}: tool message content is not a string")
+            answered.append(reply.get("tool_call_id"))
+            index += 1
+        at_end = index >= len(messages)
+        for call_id in ids:
+            count = answered.count(call_id)
+            if count == 0 and not (final and at_end and not answered):
+                problems.append(f"tool call {call_id!r} is not answered by a tool message")
+            elif count > 1:
+                problems.append(f"tool call {call_id!r} is answered {count} times")
+        for call_id in answered:
+            if call_id not in ids:
+                problems.append(f"tool message answers {call_id!r}, which no call of it has")
+    return problems
+
+
+def tool_messages(ex: Exchange) -> list[str]:
+    start = len(ex.case.messages)
+    problems: list[str] = []
+    for number, entry in enumerate(ex.chat, 1):
+        messages = _messages(entry.body)
+        if messages is not None:
+            problems.extend(
+                f"chat request #{number}: {p}"
+                for p in _tool_message_problems(messages, start, final=False)
+            )
+    for body in _result_bodies(ex):
+        messages = _messages(body, "final_messages")
+        if messages:
+            problems.extend(
+                f"final_messages: {p}" for p in _tool_message_problems(messages, start, final=True)
+            )
+    return _unique(problems)
+
+
+def idempotent_init(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    first = ex.inits[0]
+    for again in ex.inits[1:]:
+        if again.sent != "duplicate":
+            continue
+        if again.status != first.status:
+            problems.append(f"the duplicate init got {again.status}, the first {first.status}")
+        elif again.body != first.body:
+            problems.append("the duplicate init got another body than the first")
+    initial = len(ex.case.messages)
+    runs = sum(
+        1
+        for entry in ex.chat
+        if entry.turn is not None and len(_messages(entry.body) or ()) == initial
+    )
+    if runs > 1:
+        problems.append(f"the rollout ran {runs} times: {runs} first-turn chat requests answered")
+    distinct = {json.dumps(body, sort_keys=True) for body in _result_bodies(ex)}
+    if len(distinct) > 1:
+        problems.append(f"{len(distinct)} different results for one idempotency key")
+    return problems
+
+
+def max_turns(ex: Exchange) -> list[str]:
+    chat = ex.chat
+    turns = sum(1 for entry in chat if entry.turn is not None)
+    if chat and chat[-1].turn is None:
+        turns += 1  # a failed last attempt still started a turn
+    if turns > ex.case.max_turns:
+        return [f"{turns} chat turns for max_turns={ex.case.max_turns}"]
+    return []
+
+
+def max_tokens_total(ex: Exchange) -> list[str]:
+    total = 0
+    for number, entry in enumerate(ex.chat, 1):
+        if total >= ex.case.max_tokens_total:
+            return [
+                f"chat request #{number} was sent after {total} completion tokens "
+                f"(max_tokens_total={ex.case.max_tokens_total})"
+            ]
+        total += ex.completion_tokens(entry)
+    return []
+
+
+def callback_auth(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    for entry in ex.wire:
+        given = entry.headers.get("authorization")
+        where = f"{entry.kind} callback"
+        if ex.case.api_key is None:
+            if given is not None:
+                problems.append(f"{where} has an Authorization header, but no api_key was given")
+        elif given is None:
+            problems.append(f"{where} has no Authorization header (api_key was given)")
+        elif given != f"Bearer {ex.case.api_key}":
+            problems.append(f"{where}: Authorization is not 'Bearer <api_key>'")
+    return _unique(problems)
+
+
+def exactly_one_result(ex: Exchange) -> list[str]:
+    if not ex.accepted:
+        return []
+    problems: list[str] = []
+    if not ex.acknowledged:
+        refused = sum(1 for entry in ex.results if not 200 <= entry.status < 300)
+        note = f" ({refused} posts were refused as scripted)" if refused else ""
+        problems.append(f"no result was delivered within {ex.result_timeout:g} s{note}")
+    bodies = _result_bodies(ex)
+    distinct = {json.dumps(body, sort_keys=True) for body in bodies}
+    if len(distinct) > 1:
+        problems.append(f"{len(distinct)} different results were posted for one rollout")
+    for body in bodies:
+        if body.get("rollout_id") != ex.case.rollout_id:
+            problems.append(f"a result carries rollout_id {body.get('rollout_id')!r}")
+    if len(bodies) != len(ex.results):
+        problems.append("a result post was not a JSON object")
+    return _unique(problems)
+
+
+def result_shape(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    for body in _result_bodies(ex):
+        if body.get("status") not in ("COMPLETED", "ERROR"):
+            problems.append(f"status is {body.get('status')!r}, not COMPLETED or ERROR")
+        if not isinstance(body.get("final_messages"), list):
+            problems.append("final_messages is not a list")
+        if not isinstance(body.get("finish_reason"), str):
+            problems.append("finish_reason is not a string")
+        if (
+            "reward" in body
+            and body["reward"] is not None
+            and (isinstance(body["reward"], bool) or not isinstance(body["reward"], int | float))
+        ):
+            problems.append(f"reward is {body['reward']!r}, not a number")
+        metrics = body.get("metrics")
+        if not isinstance(metrics, dict):
+            problems.append("metrics is not an object")
+        else:
+            missing = [key for key in METRIC_KEYS if key not in metrics]
+            if missing:
+                problems.append(f"metrics lacks {', '.join(missing)}")
+    return _unique(problems)
+
+
+def invalid_init_refused(ex: InvalidExchange) -> list[str]:
+    problems: list[str] = []
+    if not 400 <= ex.status < 500:
+        problems.append(f"{ex.case.why}: answered {ex.status}, expected a 4xx")
+    if ex.wire:
+        problems.append(f"{ex.case.why}: the server called back {len(ex.wire)} times")
+    return problems
+
+
+# -- strict -----------------------------------------------------------------------------
+
+
+def error_keeps_trajectory(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    _, final = _expected_prefixes(ex)
+    for body in _result_bodies(ex):
+        if body.get("status") != "ERROR":
+            continue
+        messages = _messages(body, "final_messages")
+        if not messages:
+            problems.append("the ERROR result has empty final_messages")
+        elif why := _diverges(messages, final):
+            problems.append(f"final_messages of the ERROR result: {why}")
+        message = body.get("error_message")
+        if not isinstance(message, str) or not message.strip():
+            problems.append("the ERROR result has no error_message")
+    return _unique(problems)
+
+
+def params_passthrough(ex: Exchange) -> list[str]:
+    extra = {k: v for k, v in ex.case.completion_params.items() if k not in STANDARD_PARAMS}
+    problems: list[str] = []
+    for number, entry in enumerate(ex.chat, 1):
+        if not isinstance(entry.body, dict):
+            continue
+        for key, value in extra.items():
+            if key not in entry.body:
+                problems.append(f"chat request #{number} lacks completion_params key {key!r}")
+            elif entry.body[key] != value:
+                problems.append(f"chat request #{number} changed {key!r}")
+    return _unique(problems)
+
+
+def changed_body_conflict(ex: Exchange) -> list[str]:
+    return [
+        f"a changed body with the same idempotency key got {again.status}, expected 409"
+        for again in ex.inits
+        if again.sent == "changed" and again.status != 409
+    ]
+
+
+def every_core_rule(ex: Exchange) -> list[str]:
+    """All core per-rollout rules at once (for interleaved rollouts), prefixed by name."""
+    return [
+        f"{rule.name}: {violation}"
+        for rule in RULES
+        if rule.level == "core" and rule.focus not in ("invalid_init", "stateful")
+        for violation in rule.check(ex)
+    ]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "init-response",
+        "core",
+        "PROTOCOL.md §1",
+        "POST /v1/rollout/init answers 202 {rollout_id, tools}; each tool is an OpenAI "
+        "function schema whose parameters are a JSON Schema object.",
+        "rollout",
+        init_response,
+    ),
+    Rule(
+        "append-only",
+        "core",
+        "PROTOCOL.md §3 rule 1",
+        "Each chat request extends the previous one plus the answer to it; a COMPLETED "
+        "result's final_messages extends the last one. Nothing is dropped or rewritten.",
+        "rollout",
+        append_only,
+    ),
+    Rule(
+        "tool-messages",
+        "core",
+        "PROTOCOL.md §3 rule 2",
+        "Every tool call id is answered exactly once, by tool messages right after its "
+        "assistant message, before the next chat request.",
+        "rollout",
+        tool_messages,
+    ),
+    Rule(
+        "idempotent-init",
+        "core",
+        "PROTOCOL.md §3 rule 3",
+        "A duplicate init gets the same answer and starts no second run or result.",
+        "duplicate",
+        idempotent_init,
+    ),
+    Rule(
+        "max-turns",
+        "core",
+        "PROTOCOL.md §3 rule 4",
+        "At most max_turns chat turns (retries of one turn count once).",
+        "budget",
+        max_turns,
+    ),
+    Rule(
+        "max-tokens-total",
+        "core",
+        "PROTOCOL.md §3 rule 4",
+        "No chat request once the summed usage.completion_tokens reached max_tokens_total.",
+        "budget",
+        max_tokens_total,
+    ),
+    Rule(
+        "callback-auth",
+        "core",
+        "PROTOCOL.md §3 rule 5",
+        "Authorization: Bearer <api_key> on every callback when api_key was given, and no "
+        "Authorization header when it was not.",
+        "rollout",
+        callback_auth,
+    ),
+    Rule(
+        "exactly-one-result",
+        "core",
+        "PROTOCOL.md §3 rule 6",
+        "Every accepted rollout gets one result (identical re-posts allowed) within the "
+        "result timeout, whatever the trainer did.",
+        "faults",
+        exactly_one_result,
+    ),
+    Rule(
+        "result-shape",
+        "core",
+        "PROTOCOL.md §2",
+        "The result has rollout_id, status COMPLETED|ERROR, final_messages, finish_reason "
+        "and the metrics keys; reward, when present, is a number.",
+        "faults",
+        result_shape,
+    ),
+    Rule(
+        "invalid-init-4xx",
+        "core",
+        "PROTOCOL.md §1",
+        "An init body that is not JSON or does not validate gets a 4xx (never a 5xx) and "
+        "starts nothing.",
+        "invalid_init",
+        invalid_init_refused,
+    ),
+    Rule(
+        "interleaved-rollouts",
+        "core",
+        "PROTOCOL.md §3",
+        "Concurrent inits, duplicates, faults and waits interleaved by a Hypothesis state "
+        "machine: every core rule above holds for every rollout.",
+        "stateful",
+        every_core_rule,
+    ),
+    Rule(
+        "error-keeps-trajectory",
+        "strict",
+        "PROTOCOL.md §2, Our rule",
+        "An ERROR result carries the trajectory so far (extending the last chat request) "
+        "and a non-empty error_message.",
+        "error",
+        error_keeps_trajectory,
+    ),
+    Rule(
+        "params-passthrough",
+        "strict",
+        "PROTOCOL.md §2, Our rule",
+        "completion_params keys beyond the reference's five reach every chat request unchanged.",
+        "params",
+        params_passthrough,
+    ),
+    Rule(
+        "reused-key-409",
+        "strict",
+        "PROTOCOL.md §1, Our rule",
+        "The same idempotency key with a different body is refused with 409.",
+        "changed",
+        changed_body_conflict,
+    ),
+)
+
+
+def select_rules(names: Iterable[str]) -> tuple[Rule, ...]:
+    """Rules by name, or the sets "core", "strict" and "all" (the default).
+
+    Raises :class:`ValueError` naming the unknown entries.
+    """
+    wanted = [name.strip() for name in names if name.strip()] or ["all"]
+    by_name = {rule.name: rule for rule in RULES}
+    unknown = [n for n in wanted if n not in by_name and n not in ("core", "strict", "all")]
+    if unknown:
+        raise ValueError(
+            f"unknown rule(s) {', '.join(unknown)}; known: core, strict, all, " + ", ".join(by_name)
+        )
+    chosen = {
+        rule.name
+        for name in wanted
+        for rule in RULES
+        if name in ("all", rule.level) or name == rule.name
+    }
+    return tuple(rule for rule in RULES if rule.name in chosen)

@@ -1,0 +1,410 @@
+"""Running cases against a server, and Hypothesis driving the cases rule by rule.
+
+Trio owns the I/O: the scripted trainer and the HTTP client live in one nursery
+(:func:`open_runner`). Hypothesis is synchronous, so each rule's search runs in a worker
+thread (:func:`check_rules`) and every example hops back onto the Trio loop with
+``trio.from_thread.run`` to run its case. One rule at a time, so each failure is shrunk
+for the rule it broke.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import httpx
+import trio
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+from hypothesis.errors import Flaky
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    multiple,
+    run_state_machine_as_test,
+)
+from hypothesis.stateful import rule as sm_rule
+
+from .case import Case, InvalidInit, Turn
+from .exchange import Exchange, InitAnswer, InvalidExchange
+from .rules import Rule
+from .strategies import SERVER_URL, cases_for, invalid_inits
+from .trainer import ScriptedTrainer, serve_trainer
+
+__all__ = [
+    "Outcome",
+    "RunSettings",
+    "Runner",
+    "Started",
+    "check_rule",
+    "check_rules",
+    "open_runner",
+]
+
+
+@attrs.frozen
+class RunSettings:
+    """How hard to look. Times in seconds.
+
+    - ``examples``: Hypothesis examples per rule (before shrinking);
+    - ``result_timeout``: how long a result may take after the 202;
+    - ``settle``: how long to keep listening after the result (late duplicates);
+    - ``shrink_budget``: once a rule failed, how long to search for a smaller case;
+    - ``seed``: Hypothesis seed (None: random).
+    """
+
+    examples: int = 25
+    result_timeout: float = 60.0
+    settle: float = 0.3
+    shrink_budget: float = 60.0
+    seed: int | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """A rule's verdict: "pass", "fail", or "error" (the run itself broke).
+
+    For a failure, ``case`` and ``exchange`` are the smallest failing example found and
+    ``violations`` what it broke.
+    """
+
+    rule: Rule
+    verdict: Literal["pass", "fail", "error"]
+    examples: int
+    violations: tuple[str, ...] = ()
+    exchange: Exchange | InvalidExchange | None = None
+    note: str = ""
+
+
+class _RuleFailed(AssertionError):
+    pass
+
+
+@attrs.define(eq=False)
+class Started:
+    """A case whose init was sent: where its callbacks go, and the init answers so far."""
+
+    case: Case
+    server_url: str
+    prefix: str
+    inits: list[InitAnswer] = attrs.field(factory=list)
+
+
+@attrs.define(eq=False)
+class Runner:
+    """Runs cases against ``target`` with ``trainer`` answering at ``trainer_url``.
+
+    ``server_api_key`` is the *target's* inbound key, sent on init as a Bearer token
+    (never recorded in the wire log).
+    """
+
+    target: str
+    trainer: ScriptedTrainer
+    trainer_url: str
+    client: httpx.AsyncClient
+    settings: RunSettings
+    server_api_key: str | None = None
+    _token: str = attrs.field(factory=lambda: secrets.token_hex(4))
+    _count: int = 0
+
+    def fresh(self, case: Case) -> Case:
+        """``case`` with a rollout id (and idempotency key, if it has one) never used."""
+        self._count += 1
+        rollout_id = f"conf-{self._token}-{self._count}"
+        key = None if case.idempotency_key is None else f"{rollout_id}-key"
+        return attrs.evolve(case, rollout_id=rollout_id, idempotency_key=key)
+
+    async def _post_init(self, content: bytes, content_type: str) -> InitAnswer:
+        headers = {"content-type": content_type}
+        if self.server_api_key is not None:
+            headers["authorization"] = f"Bearer {self.server_api_key}"
+        url = f"{self.target}/v1/rollout/init"
+        for _ in range(
+            20
+        ):  # a 429 asks a trainer to come back later: we do, a bounded number of times
+            response = await self.client.post(url, content=content, headers=headers)
+            if response.status_code != 429:
+                break
+            await trio.sleep(min(float(response.headers.get("retry-after", "1") or 1), 5.0))
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return InitAnswer("first", response.status_code, body)
+
+    async def run_case(self, case: Case) -> Exchange:
+        """Init ``case`` (a fresh copy), wait for its result, return what was seen."""
+        started = await self.start_case(case)
+        if started.case.duplicate_init:
+            await self.send_again(started, "duplicate")
+        if started.case.changed_init:
+            await self.send_again(started, "changed")
+        return await self.finish_case(started)
+
+    async def start_case(self, case: Case) -> Started:
+        """Script a fresh copy of ``case`` and send its init; does not wait for a result."""
+        case = self.fresh(case)
+        prefix = self.trainer.register(case)
+        started = Started(case, self.trainer_url + prefix, prefix)
+        body = json.dumps(case.init_body(started.server_url)).encode()
+        started.inits.append(await self._post_init(body, "application/json"))
+        return started
+
+    async def send_again(self, started: Started, sent: Literal["duplicate", "changed"]) -> None:
+        """Send the identical init again, or (``changed``) another body, same key."""
+        case = started.case
+        body = case.init_body(started.server_url)
+        if sent == "changed":
+            body = case.changed_body(started.server_url)
+        answer = await self._post_init(json.dumps(body).encode(), "application/json")
+        started.inits.append(attrs.evolve(answer, sent=sent))
+
+    async def finish_all(self, started: Sequence[Started]) -> list[Exchange]:
+        """:meth:`finish_case` for each, concurrently; in the same order."""
+        exchanges: list[Exchange | None] = [None] * len(started)
+
+        async def finish(index: int) -> None:
+            exchanges[index] = await self.finish_case(started[index])
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(started)):
+                nursery.start_soon(finish, index)
+        return [exchange for exchange in exchanges if exchange is not None]
+
+    async def finish_case(self, started: Started) -> Exchange:
+        """Wait for the result of an accepted case (bounded), settle, and return the
+        :class:`Exchange`."""
+        acknowledged = False
+        if started.inits[0].status == 202:
+            acknowledged = await self.trainer.wait_acknowledged(
+                started.prefix, self.settings.result_timeout
+            )
+        await trio.sleep(self.settings.settle)
+        return Exchange(
+            case=started.case,
+            server_url=started.server_url,
+            inits=tuple(started.inits),
+            wire=tuple(self.trainer.wire(started.prefix)),
+            acknowledged=acknowledged,
+            result_timeout=self.settings.result_timeout,
+        )
+
+    async def run_invalid(self, invalid: InvalidInit) -> InvalidExchange:
+        """Send an invalid init; return its answer and any callbacks it caused."""
+        self._count += 1
+        rollout_id = f"conf-{self._token}-{self._count}"
+        placeholder = Case(rollout_id=rollout_id, messages=(), turns=(Turn(content="x"),))
+        prefix = self.trainer.register(placeholder)
+        server_url = self.trainer_url + prefix
+        text = invalid.body.replace(SERVER_URL, server_url).replace(
+            '"rollout_id": ""', json.dumps({"rollout_id": rollout_id})[1:-1]
+        )
+        invalid = attrs.evolve(invalid, rollout_id=rollout_id, body=text)
+        answer = await self._post_init(text.encode(), invalid.content_type)
+        await trio.sleep(self.settings.settle)
+        return InvalidExchange(
+            invalid, server_url, answer.status, answer.body, tuple(self.trainer.wire(prefix))
+        )
+
+    async def probe_tools(self) -> list[dict[str, Any]]:
+        """The tools the server advertises, from the 202 of a one-turn rollout.
+
+        Raises :class:`RuntimeError` when the server does not answer an init with 202.
+        """
+        exchange = await self.run_case(
+            Case(rollout_id="", messages=({"role": "user", "content": "Say hello."},))
+        )
+        first = exchange.inits[0]
+        if first.status != 202 or not isinstance(first.body, dict):
+            raise RuntimeError(
+                f"{self.target} answered a plain init with {first.status}: {str(first.body)[:300]}"
+            )
+        tools = first.body.get("tools")
+        return [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
+
+
+@asynccontextmanager
+async def open_runner(
+    target: str,
+    settings: RunSettings,
+    *,
+    trainer_host: str = "127.0.0.1",
+    trainer_port: int = 0,
+    trainer_url: str | None = None,
+    server_api_key: str | None = None,
+) -> AsyncIterator[Runner]:
+    """Serve the scripted trainer and open the client; the runner is usable inside.
+
+    ``trainer_url`` is the trainer's base URL as the server under test reaches it
+    (default ``http://{trainer_host}:{port}``; set it when the server runs elsewhere).
+    """
+    trainer = ScriptedTrainer()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_trainer, trainer, trainer_host, trainer_port)
+        base = (trainer_url or f"http://{trainer_host}:{port}").rstrip("/")
+        timeout = httpx.Timeout(30.0)
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            yield Runner(target.rstrip("/"), trainer, base, client, settings, server_api_key)
+        nursery.cancel_scope.cancel()
+
+
+def _hypothesis_settings(run: RunSettings) -> settings:
+    return settings(
+        max_examples=run.examples,
+        deadline=None,
+        database=None,
+        print_blob=False,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
+
+
+def check_rule(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) -> Outcome:
+    """Search for a case that breaks ``rule``; call from a worker thread of the runner's
+    Trio loop (see :func:`check_rules`)."""
+    if rule.focus == "stateful":
+        return _check_interleaved(runner, rule, tools)
+    run: Callable[[Any], Exchange | InvalidExchange]
+    strategy: st.SearchStrategy[Any]
+    if rule.focus == "invalid_init":
+        strategy = invalid_inits()
+        run = lambda invalid: trio.from_thread.run(runner.run_invalid, invalid)  # noqa: E731
+    else:
+        strategy = cases_for(tools, rule.focus)
+        run = lambda case: trio.from_thread.run(runner.run_case, case)  # noqa: E731
+    best: dict[str, Any] = {}
+    examples = 0
+
+    @_hypothesis_settings(runner.settings)
+    @given(strategy)
+    def search(case: Any) -> None:
+        nonlocal examples
+        if "since" in best and time.monotonic() - best["since"] > runner.settings.shrink_budget:
+            # Out of shrinking time: only the best failure found so far still fails, so
+            # Hypothesis stops shrinking and reports it.
+            if case == best["case"]:
+                raise _RuleFailed(best["violations"])
+            return
+        examples += 1
+        exchange = run(case)
+        violations = rule.check(exchange)
+        if violations:
+            best.setdefault("since", time.monotonic())
+            best.update(case=case, exchange=exchange, violations=tuple(violations))
+            raise _RuleFailed(violations)
+
+    if runner.settings.seed is not None:
+        search = hypothesis_seed(runner.settings.seed)(search)
+    try:
+        search()
+    except _RuleFailed:
+        return Outcome(rule, "fail", examples, best["violations"], best["exchange"])
+    except Flaky:
+        note = "the failure did not reproduce on replay (flaky); the last failing case is shown"
+        return Outcome(
+            rule, "fail", examples, best.get("violations", ()), best.get("exchange"), note
+        )
+    except Exception as exc:  # the run broke (target unreachable, ...): say so per rule
+        return Outcome(rule, "error", examples, note=f"{type(exc).__name__}: {exc}")
+    return Outcome(rule, "pass", examples)
+
+
+async def check_rules(
+    runner: Runner,
+    rules: Sequence[Rule],
+    *,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Check ``rules`` one after another; returns one :class:`Outcome` per rule."""
+    tools = await runner.probe_tools()
+    outcomes = []
+    for rule in rules:
+        outcome = await trio.to_thread.run_sync(check_rule, runner, rule, tools)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+def _check_interleaved(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) -> Outcome:
+    """Run the state machine of interleaved rollouts; a failure shows the first rollout
+    that broke a rule, and Hypothesis's minimal step sequence in the note."""
+    found: dict[str, Any] = {}
+    examples = 0
+
+    class InterleavedRollouts(RuleBasedStateMachine):
+        """Starts rollouts concurrently (plain and faulted), re-sends inits, and waits;
+        at the end every rollout's exchange must keep every core rule."""
+
+        rollouts = Bundle("rollouts")
+
+        def __init__(self) -> None:
+            nonlocal examples
+            super().__init__()
+            # Out of shrinking time: run nothing, so Hypothesis stops shrinking (its replay
+            # then reports Flaky, and the last failure found is shown).
+            self.skip = "since" in found and (
+                time.monotonic() - found["since"] > runner.settings.shrink_budget
+            )
+            examples += not self.skip
+            self.started: list[Started] = []
+
+        def _start(self, case: Case) -> Any:
+            if self.skip:
+                return multiple()
+            started = trio.from_thread.run(runner.start_case, case)
+            self.started.append(started)
+            return started
+
+        @sm_rule(target=rollouts, case=cases_for(tools, "rollout"))
+        def start(self, case: Case) -> Any:
+            return self._start(case)
+
+        @sm_rule(target=rollouts, case=cases_for(tools, "faults"))
+        def start_faulted(self, case: Case) -> Any:
+            return self._start(case)
+
+        @sm_rule(started=rollouts)
+        def duplicate(self, started: Started) -> None:
+            trio.from_thread.run(runner.send_again, started, "duplicate")
+
+        @sm_rule(seconds=st.sampled_from([0.0, 0.05, 0.2]))
+        def wait(self, seconds: float) -> None:
+            if not self.skip:
+                trio.from_thread.run(trio.sleep, seconds)
+
+        def teardown(self) -> None:
+            if self.skip:
+                return
+            exchanges = trio.from_thread.run(runner.finish_all, self.started)
+            for exchange in exchanges:
+                violations = rule.check(exchange)
+                if violations:
+                    found.setdefault("since", time.monotonic())
+                    found.update(exchange=exchange, violations=tuple(violations))
+                    raise _RuleFailed(violations)
+
+    machine_settings = settings(
+        _hypothesis_settings(runner.settings),
+        max_examples=max(2, runner.settings.examples // 4),
+        stateful_step_count=8,
+    )
+    try:
+        run_state_machine_as_test(InterleavedRollouts, settings=machine_settings)
+    except _RuleFailed as exc:
+        steps = "\n".join(getattr(exc, "__notes__", ()))
+        return Outcome(rule, "fail", examples, found["violations"], found["exchange"], steps)
+    except Flaky:
+        note = "shrinking stopped at --shrink-budget; the last failing rollout is shown"
+        violations = found.get("violations", ())
+        return Outcome(rule, "fail", examples, violations, found.get("exchange"), note)
+    except Exception as exc:
+        return Outcome(rule, "error", examples, note=f"{type(exc).__name__}: {exc}")
+    return Outcome(rule, "pass", examples)

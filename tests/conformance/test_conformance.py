@@ -1,0 +1,103 @@
+"""The conformance suite against our server (every rule passes) and against mutants (each
+is caught by the rule named for it). Real servers on 127.0.0.1, bounded example budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from click.testing import CliRunner
+
+from conformance import RULES, Outcome, RunSettings, check_rule, open_runner, select_rules
+from conformance.cli import main as conformance_main
+from conftest import make_config
+from mutants import MUTANTS, Mutant, serve_mutant
+
+#: Small but enough: each mutant's rule is exercised by most generated cases.
+SETTINGS = RunSettings(examples=12, result_timeout=8.0, settle=0.05, shrink_budget=1.0, seed=1)
+
+
+async def _check(mutant: Mutant | None, rule_names: list[str]) -> list[Outcome]:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_mutant, mutant, make_config(), stop)
+        async with open_runner(f"http://127.0.0.1:{port}", SETTINGS) as runner:
+            tools = await runner.probe_tools()
+            outcomes = [
+                await trio.to_thread.run_sync(check_rule, runner, rule, tools)
+                for rule in select_rules(rule_names)
+            ]
+        stop.set()
+    return outcomes
+
+
+async def test_our_server_passes_every_rule() -> None:
+    outcomes = await _check(None, ["all"])
+
+    assert [o.rule.name for o in outcomes] == [rule.name for rule in RULES]
+    failed = {o.rule.name: (o.violations, o.note) for o in outcomes if o.verdict != "pass"}
+    assert failed == {}
+    assert all(o.examples >= 1 for o in outcomes)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name.replace(" ", "-"))
+async def test_each_mutant_is_caught_by_its_rule(mutant: Mutant) -> None:
+    (outcome,) = await _check(mutant, [mutant.rule])
+
+    assert outcome.verdict == "fail", f"{mutant.name} was not caught by {mutant.rule}"
+    assert outcome.violations
+    assert outcome.exchange is not None  # the minimal failing case, replayable
+
+
+@pytest.mark.parametrize("index", [1, 3], ids=["wrong-tool_call_id", "idempotency-ignored"])
+async def test_interleaved_rollouts_catch_mutants_too(index: int) -> None:
+    (outcome,) = await _check(MUTANTS[index], ["interleaved-rollouts"])
+
+    assert outcome.verdict == "fail"
+    assert any(v.startswith(f"{MUTANTS[index].rule}: ") for v in outcome.violations)
+
+
+async def test_the_command_line_checks_a_server_started_by_hand(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_mutant, MUTANTS[5], make_config(), stop)  # no auth
+        args = [
+            "--target",
+            f"http://127.0.0.1:{port}",
+            "--rules",
+            "callback-auth,init-response",
+            "--examples",
+            "5",
+            "--seed",
+            "3",
+            "--shrink-budget",
+            "3",
+            "--report",
+            str(report),
+        ]
+        result = await trio.to_thread.run_sync(
+            lambda: CliRunner().invoke(conformance_main, args, catch_exceptions=False)
+        )
+        stop.set()
+
+    assert result.exit_code == 1, result.output
+    assert "callback-auth" in result.output
+    data = json.loads(report.read_text())
+    verdicts = {rule["rule"]: rule["verdict"] for rule in data["rules"]}
+    assert verdicts == {"init-response": "pass", "callback-auth": "fail"}
+    failing = next(rule for rule in data["rules"] if rule["rule"] == "callback-auth")
+    assert failing["failing_case"]["case"]["api_key"] is not None
+    assert failing["failing_case"]["wire"], "the wire log of the failing case is in the report"
+
+
+def test_rule_selection() -> None:
+    assert {r.level for r in select_rules(["core"])} == {"core"}
+    assert {r.level for r in select_rules(["strict"])} == {"strict"}
+    assert select_rules(["max-turns"]) == tuple(r for r in RULES if r.name == "max-turns")
+    with pytest.raises(ValueError, match="no-such-rule"):
+        select_rules(["no-such-rule"])
+    assert attrs.has(type(RULES[0]))
