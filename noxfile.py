@@ -4,9 +4,17 @@ nox -s tests          # the test suite (same as `uv run pytest`)
 nox -s lint           # ruff check + ruff format --check
 nox -s typecheck      # mypy (strict)
 nox -s demo           # the end-to-end demo (same as `uv run rollout demo`)
+nox -s conformance -- --target URL [options]   # check any rollout server (docs/CONFORMANCE.md)
+nox -s conformance    # without --target: serve ours on a free loopback port and check it
 """
 
 from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import nox
 
@@ -48,3 +56,37 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     _sync(session)
     session.run("rollout", "demo", *session.posargs)
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    _sync(session)
+    args = list(session.posargs)
+    if any(arg == "--target" or arg.startswith("--target=") for arg in args):
+        session.run("python", "-m", "conformance", *args)
+        return
+    # No target: serve our own server as a real process and check it.
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        with log.open("wb") as sink:
+            server = subprocess.Popen(
+                [Path(session.bin) / "rollout", "serve", "--host", "127.0.0.1", "--port", "0"],
+                stderr=sink,
+            )
+        try:
+            url = _wait_for_url(log, server)
+            session.run("python", "-m", "conformance", "--target", url, *args)
+        finally:
+            server.terminate()
+            server.wait(timeout=120)
+
+
+def _wait_for_url(log: Path, server: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if match := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text()):
+            return match.group(1)
+        if server.poll() is not None:
+            raise RuntimeError(f"rollout serve exited early:\n{log.read_text()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"rollout serve did not report its address within {timeout:g} s")

@@ -251,21 +251,19 @@ def _tool_message_problems(messages: list[Any], start: int, *, final: bool) -> l
 
 def tool_messages(ex: Exchange) -> list[str]:
     start = len(ex.case.messages)
-    problems: list[str] = []
+    # A bad message is repeated by every later request: report it where it first appears.
+    first_seen: dict[str, str] = {}
     for number, entry in enumerate(ex.chat, 1):
         messages = _messages(entry.body)
         if messages is not None:
-            problems.extend(
-                f"chat request #{number}: {p}"
-                for p in _tool_message_problems(messages, start, final=False)
-            )
+            for problem in _tool_message_problems(messages, start, final=False):
+                first_seen.setdefault(problem, f"chat request #{number}: {problem}")
     for body in _result_bodies(ex):
         messages = _messages(body, "final_messages")
         if messages:
-            problems.extend(
-                f"final_messages: {p}" for p in _tool_message_problems(messages, start, final=True)
-            )
-    return _unique(problems)
+            for problem in _tool_message_problems(messages, start, final=True):
+                first_seen.setdefault(problem, f"final_messages: {problem}")
+    return list(first_seen.values())
 
 
 def idempotent_init(ex: Exchange) -> list[str]:
