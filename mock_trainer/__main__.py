@@ -1,4 +1,5 @@
-"""``python -m mock_trainer [--host H] [--port P] [--behaviour B]``: run until SIGINT/SIGTERM."""
+"""``python -m mock_trainer [--host H] [--port P] [--behaviour B] [--api-key K]``: run until
+SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -28,12 +29,18 @@ async def _until_signal() -> None:
     default="calculator",
     show_default=True,
 )
-def main(host: str, port: int, behaviour: str) -> None:
+@click.option(
+    "--api-key",
+    envvar="MOCK_TRAINER_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on both callbacks (401 otherwise).",
+)
+def main(host: str, port: int, behaviour: str, api_key: str | None) -> None:
     """A trainer simulator: scripted calculator model, result recording."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trainer = MockTrainer(behaviour=behaviour)  # type: ignore[arg-type]
+    trainer = MockTrainer(behaviour=behaviour, api_key=api_key)  # type: ignore[arg-type]
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ Faults are queued on the :class:`MockTrainer` and consumed one per request, in o
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -60,11 +61,14 @@ class MockTrainer:
     - ``completion_tokens``: fixed ``usage.completion_tokens`` per answer (None: counted).
     - ``chat_delay``: seconds added to every chat answer.
     - ``chat_faults`` / ``completed_faults``: consumed first-in first-out, one per request.
+    - ``api_key``: when set, both callbacks need ``Authorization: Bearer <api_key>``
+      (PROTOCOL.md §3 rule 5) and get ``401`` without it; requests are recorded either way.
     """
 
     behaviour: Behaviour = "calculator"
     completion_tokens: int | None = None
     chat_delay: float = 0.0
+    api_key: str | None = attrs.field(default=None, repr=False)
     chat_faults: deque[Fault] = attrs.field(factory=deque)
     completed_faults: deque[Fault] = attrs.field(factory=deque)
     chat_requests: list[RecordedRequest] = attrs.field(factory=list)
@@ -161,6 +165,14 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
         headers = {k.lower(): v for k, v in request.headers.items()}
         return RecordedRequest(request.path, headers, body)
 
+    def unauthorized() -> Response | None:
+        if trainer.api_key is None:
+            return None
+        given = request.headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, f"Bearer {trainer.api_key}".encode()):
+            return None
+        return _json({"detail": "Invalid or missing API key"}, 401)
+
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
         body, error = await read_json()
@@ -168,6 +180,8 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
             return error
         trainer.chat_requests.append(record(body))
         trainer._notify()
+        if (refused := unauthorized()) is not None:
+            return refused
         fault = trainer.chat_faults.popleft() if trainer.chat_faults else None
         if trainer.chat_delay:
             await trio.sleep(trainer.chat_delay)
@@ -209,6 +223,8 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
         body, error = await read_json()
         if error is not None:
             return error
+        if (refused := unauthorized()) is not None:
+            return refused
         fault = trainer.completed_faults.popleft() if trainer.completed_faults else None
         if (faulted := await _apply(fault)) is not None:
             return faulted

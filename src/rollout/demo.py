@@ -155,7 +155,8 @@ async def run_demo(
     """Run every problem through the protocol; returns one outcome per problem, in order."""
     console = console or Console()
     config = config or ServerConfig(api_key=None)
-    trainer = MockTrainer()
+    # The trainer refuses callbacks without the key: the demo also proves callback auth.
+    trainer = MockTrainer(api_key=DEMO_API_KEY)
     outcomes: list[DemoOutcome | None] = [None] * len(problems)
     stop_server = trio.Event()
     async with trio.open_nursery() as nursery:
