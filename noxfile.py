@@ -6,6 +6,7 @@ nox -s typecheck      # mypy (strict)
 nox -s demo           # the end-to-end demo (same as `uv run rollout demo`)
 nox -s conformance -- --target URL [options]   # check any rollout server (docs/CONFORMANCE.md)
 nox -s conformance    # without --target: serve ours on a free loopback port and check it
+nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
 """
 
 from __future__ import annotations
@@ -90,3 +91,10 @@ def _wait_for_url(log: Path, server: subprocess.Popen[bytes], timeout: float = 6
             raise RuntimeError(f"rollout serve exited early:\n{log.read_text()}")
         time.sleep(0.1)
     raise RuntimeError(f"rollout serve did not report its address within {timeout:g} s")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput, latency, CPU and memory of a server process; prints figures."""
+    _sync(session)
+    session.run("python", "benchmarks/rollouts.py", *session.posargs)
