@@ -97,12 +97,24 @@ class Tool:
             )
 
 
+@typing.overload
+def tool(
+    function: Callable[..., Any], *, name: str | None = None, description: str | None = None
+) -> Tool: ...
+
+
+@typing.overload
+def tool(
+    function: None = None, *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
 def tool(
     function: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
-) -> Any:
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a :class:`Tool` of a typed function; usable as ``@tool`` or ``@tool(name=...)``.
 
     Supported parameter types: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Any``,
