@@ -51,6 +51,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _sync(session)
     session.run("mypy")
+    session.run("mypy", "tests", "benchmarks")
 
 
 @nox.session

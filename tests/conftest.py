@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +83,28 @@ class Server:
         await self.stopped.wait()
 
 
-@pytest.fixture
-async def trainer(nursery: trio.Nursery) -> Trainer:
-    mock = MockTrainer()
-    port = await nursery.start(serve_trainer, mock, "127.0.0.1", 0)
-    return Trainer(mock, f"http://127.0.0.1:{port}")
+@asynccontextmanager
+async def serving_trainer() -> AsyncIterator[Trainer]:
+    """A mock trainer served on 127.0.0.1:0 for the duration of the block."""
+    async with trio.open_nursery() as nursery:
+        mock = MockTrainer()
+        port = await nursery.start(serve_trainer, mock, "127.0.0.1", 0)
+        yield Trainer(mock, f"http://127.0.0.1:{port}")
+        nursery.cancel_scope.cancel()
 
 
 StartServer = Callable[..., Awaitable[Server]]
 
 
-@pytest.fixture
-async def start_server(nursery: trio.Nursery, trainer: Trainer) -> AsyncIterator[StartServer]:
-    """``await start_server(agent=..., **config_overrides)`` serves a rollout server.
+@asynccontextmanager
+async def server_starter() -> AsyncIterator[StartServer]:
+    """``await start(agent=..., **config_overrides)`` serves a rollout server.
 
-    At teardown every server still running is shut down gracefully (drained, its HTTP
-    client closed), as in production, rather than cancelled. It depends on ``trainer``
-    because pytest-trio tears down each fixture's nursery as soon as its own users are
-    done: the trainer must outlive the drain, which still delivers results to it.
+    When the block ends, every server still running is shut down gracefully (drained, its
+    HTTP client closed), as in production, rather than cancelled.
     """
     servers: list[Server] = []
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    async with httpx.AsyncClient(timeout=30.0) as client, trio.open_nursery() as nursery:
 
         async def start(agent: Agent = calculator_agent, **overrides: Any) -> Server:
             stop, stopped = trio.Event(), trio.Event()
@@ -129,6 +131,21 @@ async def start_server(nursery: trio.Nursery, trainer: Trainer) -> AsyncIterator
         with trio.fail_after(60):
             for server in servers:
                 await server.shutdown()
+
+
+@pytest.fixture
+async def trainer() -> AsyncIterator[Trainer]:
+    async with serving_trainer() as trainer:
+        yield trainer
+
+
+@pytest.fixture
+async def start_server(trainer: Trainer) -> AsyncIterator[StartServer]:
+    """See :func:`server_starter`. Depends on ``trainer`` because pytest-trio tears each
+    fixture down as soon as its own users are done: the trainer must outlive the drain,
+    which still delivers results to it."""
+    async with server_starter() as start:
+        yield start
 
 
 @pytest.fixture
@@ -185,4 +202,6 @@ __all__ = [
     "init_body",
     "make_config",
     "run_to_result",
+    "server_starter",
+    "serving_trainer",
 ]
