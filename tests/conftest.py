@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +158,47 @@ async def server(start_server: StartServer) -> Server:
     return await start_server()
 
 
+#: Bounds for tests of real processes; far above what they need on a loaded 2-core machine.
+PROCESS_TIMEOUT = 60.0
+
+
+@asynccontextmanager
+async def server_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """Run ``python -m rollout serve`` on 127.0.0.1:0; yields the process and its port.
+
+    Its stderr is read until the "listening on" line and drained after that, so a chatty
+    server never blocks on a full pipe. The process is killed if still running at the end.
+    """
+    command = [sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "--port", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process, [*command, *args], stderr=subprocess.PIPE, check=False, env=env
+            )
+        )
+        try:
+            assert process.stderr is not None
+            output = b""
+            with trio.fail_after(PROCESS_TIMEOUT):
+                while (
+                    match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", output)
+                ) is None:
+                    chunk = await process.stderr.receive_some()
+                    assert chunk, f"server exited early: {output.decode(errors='replace')}"
+                    output += chunk
+
+            async def drain(stream: trio.abc.ReceiveStream) -> None:
+                while await stream.receive_some():
+                    pass
+
+            nursery.start_soon(drain, process.stderr)
+            yield process, int(match.group(1))
+        finally:
+            if process.returncode is None:
+                process.kill()
+
+
 def gated_agent(release: trio.Event) -> Agent:
     """An agent whose rollouts wait for ``release`` before their one chat turn."""
 
@@ -194,6 +240,7 @@ async def run_to_result(
 
 __all__ = [
     "FIXTURES",
+    "PROCESS_TIMEOUT",
     "Server",
     "StartServer",
     "Trainer",
@@ -202,6 +249,7 @@ __all__ = [
     "init_body",
     "make_config",
     "run_to_result",
+    "server_process",
     "server_starter",
     "serving_trainer",
 ]

@@ -4,7 +4,9 @@ is caught by the rule named for it). Real servers on 127.0.0.1, bounded example 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import pytest
@@ -13,8 +15,9 @@ from click.testing import CliRunner
 
 from conformance import RULES, Outcome, RunSettings, check_rule, open_runner, select_rules
 from conformance.cli import main as conformance_main
-from conftest import make_config
+from conftest import PROCESS_TIMEOUT, StartServer, make_config, server_process
 from mutants import MUTANTS, Mutant, serve_mutant
+from rollout import Agent, Message, RolloutContext, tool
 
 #: Small but enough: each mutant's rule is exercised by most generated cases.
 SETTINGS = RunSettings(examples=12, result_timeout=8.0, settle=0.05, shrink_budget=1.0, seed=1)
@@ -92,6 +95,81 @@ async def test_the_command_line_checks_a_server_started_by_hand(tmp_path: Path) 
     failing = next(rule for rule in data["rules"] if rule["rule"] == "callback-auth")
     assert failing["failing_case"]["case"]["api_key"] is not None
     assert failing["failing_case"]["wire"], "the wire log of the failing case is in the report"
+
+
+async def test_a_server_with_other_tools_and_another_loop_is_checked_the_same_way(
+    start_server: StartServer,
+) -> None:
+    """Nothing in the suite assumes the calculator: a note-taking agent with string, list
+    and enum arguments and a loop that adds its own user messages passes every core rule."""
+    notes: list[str] = []
+
+    @tool
+    def remember(text: str, tags: list[str] | None = None) -> str:
+        """Store a note.
+
+        Args:
+            text: The note.
+            tags: Labels for it.
+        """
+        notes.append(text)
+        return f"stored note {len(notes)}"
+
+    @tool
+    async def recall(order: Literal["oldest", "newest"] = "newest") -> list[str]:
+        """The stored notes."""
+        return notes if order == "oldest" else notes[::-1]
+
+    async def nudging_loop(ctx: RolloutContext) -> None:
+        while True:
+            message = await ctx.chat()
+            if message.tool_calls:
+                await ctx.call_tools(message)
+            elif ctx.turns < 3:
+                ctx.append(Message.user("Anything else?"))
+            else:
+                return
+
+    server = await start_server(agent=Agent("notes", tools=[remember, recall], loop=nudging_loop))
+    settings = attrs.evolve(SETTINGS, examples=6)
+    async with open_runner(server.url, settings) as runner:
+        tools = await runner.probe_tools()
+        assert {t["function"]["name"] for t in tools} == {"remember", "recall"}
+        outcomes = [
+            await trio.to_thread.run_sync(check_rule, runner, rule, tools)
+            for rule in select_rules(["core"])
+        ]
+
+    assert {o.rule.name: o.verdict for o in outcomes} == {
+        rule.name: "pass" for rule in select_rules(["core"])
+    }
+
+
+async def test_python_m_conformance_checks_a_real_server_process(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    async with server_process() as (_, port):
+        command = [
+            sys.executable,
+            "-m",
+            "conformance",
+            "--target",
+            f"http://127.0.0.1:{port}",
+            "--rules",
+            "init-response,callback-auth,invalid-init-4xx",
+            "--examples",
+            "3",
+            "--seed",
+            "5",
+            "--report",
+            str(report),
+        ]
+        with trio.fail_after(PROCESS_TIMEOUT * 3):
+            done = await trio.run_process(command, capture_stdout=True, check=False)
+
+    output = done.stdout.decode()
+    assert done.returncode == 0, output
+    assert "rollout protocol conformance" in output
+    assert json.loads(report.read_text())["passed"] is True
 
 
 def test_rule_selection() -> None:

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 
 import pytest
 import trio
 
-from conftest import StartServer, Trainer, gated_agent, init_body
+from conftest import PROCESS_TIMEOUT, StartServer, Trainer, gated_agent, init_body, server_process
 from rollout import Agent, Message, RolloutContext
-
-#: Bounds for the real-process tests; far above what they need on a loaded 2-core machine.
-PROCESS_TIMEOUT = 60.0
 
 
 async def test_drain_refuses_new_rollouts_and_lets_running_ones_finish(
@@ -74,41 +64,6 @@ async def test_drain_timeout_cancels_and_still_reports_every_rollout(
         *bodies[0]["messages"],
         {"role": "user", "content": "progress so far"},
     ]
-
-
-@asynccontextmanager
-async def server_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
-    """Run ``python -m rollout serve`` on 127.0.0.1:0; yields the process and its port."""
-    command = [
-        sys.executable,
-        "-m",
-        "rollout",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        *args,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            partial(trio.run_process, command, stderr=subprocess.PIPE, check=False, env=env)
-        )
-        try:
-            assert process.stderr is not None
-            output = b""
-            with trio.fail_after(PROCESS_TIMEOUT):
-                while (
-                    match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", output)
-                ) is None:
-                    chunk = await process.stderr.receive_some()
-                    assert chunk, f"server exited early: {output.decode(errors='replace')}"
-                    output += chunk
-            yield process, int(match.group(1))
-        finally:
-            if process.returncode is None:
-                process.kill()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
