@@ -17,6 +17,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from hypothesis import settings
 
 from mock_trainer import MockTrainer
 from mock_trainer import serve as serve_trainer
@@ -24,6 +25,12 @@ from rollout import Agent, RetryPolicy, RolloutContext, ServerConfig, serve
 from rollout.examples.calculator import agent as calculator_agent
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Deterministic by default (the same examples on every run and machine); set
+# HYPOTHESIS_PROFILE=explore to search with fresh random examples instead.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 #: Retries fast enough for tests, with the same shape as production.
 FAST_CHAT_RETRY = RetryPolicy(

@@ -176,24 +176,35 @@ def keep(body: dict[str, Any]) -> None:
 
 @attrs.frozen
 class Mutant:
-    """A broken server and the rule that must catch it."""
+    """A broken server, the rule that must catch it, and words its violation must contain
+    (so it is caught for the right reason)."""
 
     name: str
     rule: str
+    symptom: str
     transport: Callable[[httpx.Request, Any], Any] | None = None
     rewrite: Rewrite | None = None
     on_bad_json: int | None = None
 
 
 MUTANTS = (
-    Mutant("history truncated", "append-only", transport=truncate_history),
-    Mutant("wrong tool_call_id", "tool-messages", transport=wrong_tool_call_id),
-    Mutant("two different results", "exactly-one-result", transport=two_results),
-    Mutant("idempotency ignored", "idempotent-init", rewrite=ignore_idempotency),
-    Mutant("max_turns exceeded", "max-turns", rewrite=exceed_max_turns),
-    Mutant("auth header dropped", "callback-auth", transport=drop_auth),
-    Mutant("no result after a trainer 500", "exactly-one-result", transport=SilentAfter500()),
-    Mutant("500 on a bad body", "invalid-init-4xx", rewrite=keep, on_bad_json=500),
+    Mutant("history truncated", "append-only", "was rewritten", transport=truncate_history),
+    Mutant("wrong tool_call_id", "tool-messages", "which no call", transport=wrong_tool_call_id),
+    Mutant(
+        "two different results", "exactly-one-result", "different results", transport=two_results
+    ),
+    Mutant("idempotency ignored", "idempotent-init", "the rollout ran", rewrite=ignore_idempotency),
+    Mutant("max_turns exceeded", "max-turns", "chat turns for max_turns", rewrite=exceed_max_turns),
+    Mutant("auth header dropped", "callback-auth", "no Authorization header", transport=drop_auth),
+    Mutant(
+        "no result after a trainer 500",
+        "exactly-one-result",
+        "no result was delivered",
+        transport=SilentAfter500(),
+    ),
+    Mutant(
+        "500 on a bad body", "invalid-init-4xx", "expected a 4xx", rewrite=keep, on_bad_json=500
+    ),
 )
 
 

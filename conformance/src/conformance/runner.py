@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import attrs
 import httpx
 import trio
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
+from hypothesis.internal.conjecture import engine
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
-    multiple,
     run_state_machine_as_test,
 )
 from hypothesis.stateful import rule as sm_rule
@@ -147,13 +147,24 @@ class Runner:
             await self.send_again(started, "changed")
         return await self.finish_case(started)
 
-    async def start_case(self, case: Case) -> Started:
-        """Script a fresh copy of ``case`` and send its init; does not wait for a result."""
+    async def start_case(self, case: Case, *, copies: int = 1) -> Started:
+        """Script a fresh copy of ``case`` and send its init ``copies`` times at once (a
+        race of identical inits); does not wait for a result. The first answer to arrive
+        is recorded as "first", the others as "duplicate"."""
         case = self.fresh(case)
         prefix = self.trainer.register(case)
         started = Started(case, self.trainer_url + prefix, prefix)
         body = json.dumps(case.init_body(started.server_url)).encode()
-        started.inits.append(await self._post_init(body, "application/json"))
+
+        async def send() -> None:
+            answer = await self._post_init(body, "application/json")
+            started.inits.append(
+                answer if not started.inits else attrs.evolve(answer, sent="duplicate")
+            )
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(copies):
+                nursery.start_soon(send)
         return started
 
     async def send_again(self, started: Started, sent: Literal["duplicate", "changed"]) -> None:
@@ -254,6 +265,22 @@ async def open_runner(
         nursery.cancel_scope.cancel()
 
 
+@contextmanager
+def _shrink_budget(seconds: float) -> Iterator[None]:
+    """Bound Hypothesis's shrinking to ``seconds`` (default 300 s per failure).
+
+    Hypothesis keeps the limit in a module constant and documents it as monkeypatchable;
+    rules run one at a time, so setting it around one search is safe. When the budget
+    runs out, the smallest failure found so far is replayed and reported.
+    """
+    previous = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = max(seconds, 0.001)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = previous
+
+
 def _hypothesis_settings(run: RunSettings) -> settings:
     return settings(
         max_examples=run.examples,
@@ -263,6 +290,9 @@ def _hypothesis_settings(run: RunSettings) -> settings:
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        # Our own report shows the failure; Hypothesis's would repeat it (and warn that
+        # shrinking stopped when --shrink-budget ends it on purpose).
+        verbosity=Verbosity.quiet,
     )
 
 
@@ -286,24 +316,18 @@ def check_rule(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) -> Outco
     @given(strategy)
     def search(case: Any) -> None:
         nonlocal examples
-        if "since" in best and time.monotonic() - best["since"] > runner.settings.shrink_budget:
-            # Out of shrinking time: only the best failure found so far still fails, so
-            # Hypothesis stops shrinking and reports it.
-            if case == best["case"]:
-                raise _RuleFailed(best["violations"])
-            return
         examples += 1
         exchange = run(case)
         violations = rule.check(exchange)
         if violations:
-            best.setdefault("since", time.monotonic())
-            best.update(case=case, exchange=exchange, violations=tuple(violations))
+            best.update(exchange=exchange, violations=tuple(violations))
             raise _RuleFailed(violations)
 
     if runner.settings.seed is not None:
         search = hypothesis_seed(runner.settings.seed)(search)
     try:
-        search()
+        with _shrink_budget(runner.settings.shrink_budget):
+            search()
     except _RuleFailed:
         return Outcome(rule, "fail", examples, best["violations"], best["exchange"])
     except Flaky:
@@ -340,36 +364,34 @@ def _check_interleaved(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) 
     examples = 0
 
     class InterleavedRollouts(RuleBasedStateMachine):
-        """Starts rollouts concurrently (plain and faulted), re-sends inits, and waits;
-        at the end every rollout's exchange must keep every core rule."""
+        """Starts rollouts concurrently (plain, faulted, and with identical inits racing),
+        re-sends inits later, and waits; at the end every rollout's exchange must keep
+        every core rule."""
 
         rollouts = Bundle("rollouts")
 
         def __init__(self) -> None:
             nonlocal examples
             super().__init__()
-            # Out of shrinking time: run nothing, so Hypothesis stops shrinking (its replay
-            # then reports Flaky, and the last failure found is shown).
-            self.skip = "since" in found and (
-                time.monotonic() - found["since"] > runner.settings.shrink_budget
-            )
-            examples += not self.skip
+            examples += 1
             self.started: list[Started] = []
 
-        def _start(self, case: Case) -> Any:
-            if self.skip:
-                return multiple()
-            started = trio.from_thread.run(runner.start_case, case)
+        def _start(self, case: Case, copies: int = 1) -> Started:
+            started = trio.from_thread.run(partial(runner.start_case, case, copies=copies))
             self.started.append(started)
             return started
 
         @sm_rule(target=rollouts, case=cases_for(tools, "rollout"))
-        def start(self, case: Case) -> Any:
+        def start(self, case: Case) -> Started:
             return self._start(case)
 
         @sm_rule(target=rollouts, case=cases_for(tools, "faults"))
-        def start_faulted(self, case: Case) -> Any:
+        def start_faulted(self, case: Case) -> Started:
             return self._start(case)
+
+        @sm_rule(target=rollouts, case=cases_for(tools, "rollout"), copies=st.integers(2, 3))
+        def start_racing_duplicates(self, case: Case, copies: int) -> Started:
+            return self._start(case, copies)
 
         @sm_rule(started=rollouts)
         def duplicate(self, started: Started) -> None:
@@ -377,32 +399,29 @@ def _check_interleaved(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) 
 
         @sm_rule(seconds=st.sampled_from([0.0, 0.05, 0.2]))
         def wait(self, seconds: float) -> None:
-            if not self.skip:
-                trio.from_thread.run(trio.sleep, seconds)
+            trio.from_thread.run(trio.sleep, seconds)
 
         def teardown(self) -> None:
-            if self.skip:
-                return
             exchanges = trio.from_thread.run(runner.finish_all, self.started)
             for exchange in exchanges:
                 violations = rule.check(exchange)
                 if violations:
-                    found.setdefault("since", time.monotonic())
                     found.update(exchange=exchange, violations=tuple(violations))
                     raise _RuleFailed(violations)
 
     machine_settings = settings(
         _hypothesis_settings(runner.settings),
-        max_examples=max(2, runner.settings.examples // 4),
+        max_examples=max(3, runner.settings.examples // 3),
         stateful_step_count=8,
     )
     try:
-        run_state_machine_as_test(InterleavedRollouts, settings=machine_settings)
+        with _shrink_budget(runner.settings.shrink_budget):
+            run_state_machine_as_test(InterleavedRollouts, settings=machine_settings)
     except _RuleFailed as exc:
         steps = "\n".join(getattr(exc, "__notes__", ()))
         return Outcome(rule, "fail", examples, found["violations"], found["exchange"], steps)
     except Flaky:
-        note = "shrinking stopped at --shrink-budget; the last failing rollout is shown"
+        note = "the failure did not reproduce on replay (flaky); the last failing rollout is shown"
         violations = found.get("violations", ())
         return Outcome(rule, "fail", examples, violations, found.get("exchange"), note)
     except Exception as exc:
