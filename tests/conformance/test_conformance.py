@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conformance import RULES, Outcome, RunSettings, check_rule, open_runner, select_rules
 from conformance.cli import main as conformance_main
-from conftest import PROCESS_TIMEOUT, StartServer, make_config, server_process
+from conftest import PROCESS_TIMEOUT, StartServer, Trainer, make_config, server_process
 from mutants import MUTANTS, Mutant, serve_mutant
 from rollout import Agent, Message, RolloutContext, tool
 
@@ -174,6 +174,18 @@ async def test_python_m_conformance_checks_a_real_server_process(tmp_path: Path)
     assert done.returncode == 0, output
     assert "rollout protocol conformance" in output
     assert json.loads(report.read_text())["passed"] is True
+
+
+async def test_a_target_that_cannot_be_checked_is_a_clear_error(trainer: Trainer) -> None:
+    """Unreachable, or not a rollout server (the mock trainer answers init with 404):
+    exit 1 with one line saying why, no traceback."""
+    for target in ("http://127.0.0.1:1", trainer.url):
+        args = ["--target", target, "--examples", "1"]
+        result = await trio.to_thread.run_sync(CliRunner().invoke, conformance_main, args)
+        assert result.exit_code == 1, result.output
+        assert "Error: " in result.output
+        assert "Traceback" not in result.output
+    assert "404" in result.output
 
 
 def test_rule_selection() -> None:

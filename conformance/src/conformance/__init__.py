@@ -9,7 +9,15 @@ docs/CONFORMANCE.md.
 from .case import Case, InvalidInit, ToolCallScript, Turn, case_from_json, case_to_json
 from .exchange import Exchange, InitAnswer, InvalidExchange
 from .rules import RULES, Rule, select_rules
-from .runner import Outcome, Runner, RunSettings, check_rule, check_rules, open_runner
+from .runner import (
+    Outcome,
+    Runner,
+    RunSettings,
+    TargetError,
+    check_rule,
+    check_rules,
+    open_runner,
+)
 from .trainer import ScriptedTrainer, WireEntry, serve_trainer
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "RunSettings",
     "Runner",
     "ScriptedTrainer",
+    "TargetError",
     "ToolCallScript",
     "Turn",
     "WireEntry",

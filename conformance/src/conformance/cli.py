@@ -20,7 +20,7 @@ from .case import Case, InvalidInit, case_from_json
 from .exchange import Exchange, InvalidExchange
 from .report import exchange_to_json, print_outcomes, write_report
 from .rules import RULES, Rule, select_rules
-from .runner import Outcome, Runner, RunSettings, check_rules, open_runner
+from .runner import Outcome, Runner, RunSettings, TargetError, check_rules, open_runner
 
 __all__ = ["main"]
 
@@ -117,13 +117,23 @@ def main(
 
     try:
         outcomes: list[Outcome] = trio.run(run)
-    except (RuntimeError, OSError) as exc:
+    except (TargetError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:  # raised through Trio nurseries
+        matched, _ = group.split((TargetError, OSError))
+        if matched is None:
+            raise
+        raise click.ClickException(str(_first_leaf(matched))) from None
     print_outcomes(outcomes, console)
     if report is not None:
         write_report(report, target, outcomes)
         console.print(f"report written to {report}")
     raise SystemExit(0 if all(o.verdict == "pass" for o in outcomes) else 1)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _read_case(path: Path) -> Case | InvalidInit:

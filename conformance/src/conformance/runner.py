@@ -42,6 +42,7 @@ __all__ = [
     "RunSettings",
     "Runner",
     "Started",
+    "TargetError",
     "check_rule",
     "check_rules",
     "open_runner",
@@ -80,6 +81,11 @@ class Outcome:
     violations: tuple[str, ...] = ()
     exchange: Exchange | InvalidExchange | None = None
     note: str = ""
+
+
+class TargetError(RuntimeError):
+    """The server under test cannot be checked at all (unreachable, or refuses a plain
+    init); the message says which and why."""
 
 
 class _RuleFailed(AssertionError):
@@ -162,6 +168,9 @@ class Runner:
                 answer if not started.inits else attrs.evolve(answer, sent="duplicate")
             )
 
+        if copies == 1:
+            await send()
+            return started
         async with trio.open_nursery() as nursery:
             for _ in range(copies):
                 nursery.start_soon(send)
@@ -226,14 +235,18 @@ class Runner:
     async def probe_tools(self) -> list[dict[str, Any]]:
         """The tools the server advertises, from the 202 of a one-turn rollout.
 
-        Raises :class:`RuntimeError` when the server does not answer an init with 202.
+        Raises :class:`TargetError` when the server is unreachable or does not answer an
+        init with 202.
         """
-        exchange = await self.run_case(
-            Case(rollout_id="", messages=({"role": "user", "content": "Say hello."},))
-        )
+        try:
+            exchange = await self.run_case(
+                Case(rollout_id="", messages=({"role": "user", "content": "Say hello."},))
+            )
+        except httpx.HTTPError as exc:
+            raise TargetError(f"cannot reach {self.target}: {exc}") from None
         first = exchange.inits[0]
         if first.status != 202 or not isinstance(first.body, dict):
-            raise RuntimeError(
+            raise TargetError(
                 f"{self.target} answered a plain init with {first.status}: {str(first.body)[:300]}"
             )
         tools = first.body.get("tools")
