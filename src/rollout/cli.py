@@ -154,7 +154,20 @@ def serve_command(
                 auth,
             )
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except BaseExceptionGroup as group:  # raised through Trio nurseries
+        matched, _ = group.split(OSError)
+        if matched is None:
+            raise
+        raise click.ClickException(f"cannot listen on {host}:{port}: {_leaf(matched)}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @main.command("demo")
