@@ -49,7 +49,18 @@ def main(host: str, port: int, behaviour: str, api_key: str | None) -> None:
             )
             click.echo(f"mock trainer listening on http://{host}:{bound}")
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except BaseExceptionGroup as group:  # raised through Trio nurseries
+        matched, _ = group.split(OSError)
+        if matched is None:
+            raise
+        raise click.ClickException(f"cannot listen on {host}:{port}: {_leaf(matched)}") from None
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 main()
