@@ -72,7 +72,10 @@ def conformance(session: nox.Session) -> None:
         log = Path(tmp) / "server.log"
         with log.open("wb") as sink:
             server = subprocess.Popen(
-                [Path(session.bin) / "rollout", "serve", "--host", "127.0.0.1", "--port", "0"],
+                [
+                    *(Path(session.bin) / "rollout", "serve", "--host", "127.0.0.1"),
+                    *("--port", "0", "--outbox", str(Path(tmp) / "outbox")),
+                ],
                 stderr=sink,
             )
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -170,14 +172,23 @@ PROCESS_TIMEOUT = 60.0
 
 
 @asynccontextmanager
-async def server_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
+async def server_process(
+    *args: str, outbox: Path | None = None
+) -> AsyncIterator[tuple[trio.Process, int]]:
     """Run ``python -m rollout serve`` on 127.0.0.1:0; yields the process and its port.
 
-    Its stderr is read until the "listening on" line and drained after that, so a chatty
-    server never blocks on a full pipe. The process is killed if still running at the end.
+    Its outbox is ``outbox`` (default: a fresh temporary directory, never the checkout's
+    ./rollout-outbox). Its stderr is read until the "listening on" line and drained after
+    that, so a chatty server never blocks on a full pipe. The process is killed if still
+    running at the end.
     """
     command = [sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "--port", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    scratch = None if outbox is not None else tempfile.mkdtemp(prefix="rollout-outbox-")
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "ROLLOUT_SERVER_OUTBOX": str(outbox or scratch),
+    }
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
@@ -204,6 +215,8 @@ async def server_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
         finally:
             if process.returncode is None:
                 process.kill()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def gated_agent(release: trio.Event) -> Agent:

@@ -115,6 +115,16 @@ def main() -> None:
     help="On SIGTERM/SIGINT, seconds unfinished rollouts may go on.",
 )
 @click.option(
+    "--outbox",
+    envvar="ROLLOUT_SERVER_OUTBOX",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("rollout-outbox"),
+    show_default=True,
+    show_envvar=True,
+    help="Directory where results wait until a trainer acknowledged them, and are delivered"
+    " from after a restart. An empty value keeps them in memory only.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -129,6 +139,7 @@ def serve_command(
     max_queued: int,
     rollout_timeout: float,
     drain_timeout: float,
+    outbox: Path,
     log_level: str,
 ) -> None:
     """Serve an agent until SIGTERM or SIGINT, then drain gracefully."""
@@ -140,6 +151,7 @@ def serve_command(
         max_queued_rollouts=max_queued,
         rollout_timeout=rollout_timeout,
         drain_timeout=drain_timeout,
+        outbox_dir=outbox if str(outbox) not in ("", ".") else None,
     )
 
     async def run() -> None:

@@ -6,6 +6,7 @@ environment variables; tests build it directly with small timeouts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,6 +36,8 @@ class ServerConfig:
       finish before closing them. Idle keep-alive connections from trainers hold shutdown
       for this long (Hypercorn's Trio worker does not close them early), so keep it short.
     - ``idempotency_ttl``: how long a finished rollout's key is remembered.
+    - ``outbox_dir``: where results wait on disk until acknowledged (:mod:`rollout.outbox`);
+      ``None`` keeps them in memory only, so a stopped process loses undelivered ones.
     - ``max_body_bytes``: largest init body (``413`` beyond).
     - ``max_tool_threads``: worker threads for sync tools, across all rollouts.
     - ``max_connections``: the pooled HTTP client's connection limit towards trainers.
@@ -49,6 +52,7 @@ class ServerConfig:
     shutdown_delivery_timeout: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
     graceful_timeout: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     idempotency_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
+    outbox_dir: Path | None = None
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     max_tool_threads: int = attrs.field(default=16, validator=_positive)
     max_connections: int = attrs.field(default=256, validator=_positive)

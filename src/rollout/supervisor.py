@@ -18,6 +18,11 @@ A record is kept until its result was acknowledged (or given up on) plus
 Shutdown (:meth:`Supervisor.drain`): stop admitting; let rollouts finish for up to
 ``drain_timeout`` seconds; cancel the rest, which end with ``finish_reason`` "shutdown"; give
 their deliveries up to ``shutdown_delivery_timeout`` seconds; then stop.
+
+With an ``outbox_dir`` (:mod:`rollout.outbox`), every result is written to disk before its
+first delivery attempt and removed once acknowledged; at start the supervisor delivers what
+a previous process left there, and remembers those idempotency keys, so a trainer re-sending
+such an init gets its ``202`` without a second run.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ import trio
 
 from .agent import Agent
 from .config import ServerConfig
-from .errors import TrainerError
+from .errors import TrainerError, TrainerHTTPError
 from .lifecycle import RunControl, run_rollout
+from .outbox import Outbox, PendingResult
 from .protocol import InitRequest, InitResponse, RolloutResult
 from .trainer import TrainerClient, redact_url
 
@@ -113,6 +119,7 @@ class Supervisor:
         self._idle.set()
         self.completed_rollouts = 0
         self.lost_results = 0
+        self._outbox = None if config.outbox_dir is None else Outbox(config.outbox_dir)
 
     # ------------------------------------------------------------------ service
 
@@ -120,6 +127,10 @@ class Supervisor:
         """Own the rollout nursery until :meth:`drain` completes."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._outbox is not None:
+                for pending in await trio.to_thread.run_sync(self._outbox.pending):
+                    self._remember_delivering(pending)
+                    nursery.start_soon(self._redeliver, pending, name=f"outbox {pending.key}")
             task_status.started()
             await self._drained.wait()
             nursery.cancel_scope.cancel()  # only stragglers past every grace period remain
@@ -228,25 +239,91 @@ class Supervisor:
             )
             self._move(record, Phase.DELIVERING)
             self._log_result(result)
-            record.delivered = await self._deliver(request, result)
+            pending = PendingResult(
+                request.key,
+                request.server_url,
+                result.to_json(),
+                request.api_key,
+                record.digest.hex(),
+            )
+            record.delivered = await self._deliver(pending)
         finally:
-            self._move(record, Phase.DONE)
-            record.done_at = trio.current_time()
-            self._finished[request.key] = record.done_at
             self.completed_rollouts += 1
-            if self.active_rollouts == 0:
-                self._idle.set()
+            self._done(request.key, record)
 
-    async def _deliver(self, request: InitRequest, result: RolloutResult) -> bool:
-        where = redact_url(request.server_url)
+    def _done(self, key: str, record: _Record) -> None:
+        self._move(record, Phase.DONE)
+        record.done_at = trio.current_time()
+        self._finished[key] = record.done_at
+        if self.active_rollouts == 0:
+            self._idle.set()
+
+    async def _deliver(self, pending: PendingResult) -> bool:
+        """Deliver one result, kept in the outbox (when there is one) until acknowledged.
+
+        Returns whether a 2xx acknowledged it. Never raises but :class:`trio.Cancelled`;
+        cancelled mid-delivery (shutdown), the result stays in the outbox.
+        """
+        kept = False
+        if self._outbox is not None:
+            try:
+                await trio.to_thread.run_sync(self._outbox.put, pending)
+                kept = True
+            except OSError as exc:
+                log.error(
+                    "outbox: cannot keep the result of rollout %s (%s); delivering without it",
+                    pending.rollout_id,
+                    exc,
+                )
+        where = redact_url(pending.server_url)
         try:
-            await self.trainer.deliver(request.server_url, result, api_key=request.api_key)
+            await self.trainer.deliver_json(
+                pending.server_url, pending.result, api_key=pending.api_key
+            )
         except TrainerError as exc:
+            refused = isinstance(exc, TrainerHTTPError) and not exc.retryable
+            if kept and not refused:
+                log.error(
+                    "rollout %s: result not delivered to %s yet (%s); kept in the outbox for the"
+                    " next start",
+                    pending.rollout_id,
+                    where,
+                    exc,
+                )
+                return False
             self.lost_results += 1
-            log.error("rollout %s: result NOT delivered to %s: %s", request.rollout_id, where, exc)
+            log.error("rollout %s: result NOT delivered to %s: %s", pending.rollout_id, where, exc)
+            if kept:
+                await self._forget_pending(pending)
             return False
-        log.debug("rollout %s: result delivered to %s", request.rollout_id, where)
+        log.debug("rollout %s: result delivered to %s", pending.rollout_id, where)
+        if kept:
+            await self._forget_pending(pending)
         return True
+
+    async def _forget_pending(self, pending: PendingResult) -> None:
+        assert self._outbox is not None
+        try:
+            await trio.to_thread.run_sync(self._outbox.remove, pending.key)
+        except OSError as exc:  # delivered twice after a restart at worst: same payload
+            log.error("outbox: cannot remove the result of rollout %s: %s", pending.rollout_id, exc)
+
+    def _remember_delivering(self, pending: PendingResult) -> None:
+        """Admit nothing new for a key whose result a previous process left in the outbox."""
+        response = InitResponse(pending.rollout_id, self.agent.tool_schemas)
+        control = RunControl(trio.CancelScope(), timeout=self.config.rollout_timeout)
+        record = _Record(bytes.fromhex(pending.digest), response, control, phase=Phase.DELIVERING)
+        self._records[pending.key] = record
+        self._phases[Phase.DELIVERING] += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+
+    async def _redeliver(self, pending: PendingResult) -> None:
+        record = self._records[pending.key]
+        log.info("outbox: delivering the result of rollout %s again", pending.rollout_id)
+        try:
+            record.delivered = await self._deliver(pending)
+        finally:
+            self._done(pending.key, record)
 
     def _log_result(self, result: RolloutResult) -> None:
         if result.error_message is None:

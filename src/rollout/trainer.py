@@ -134,9 +134,13 @@ class TrainerClient:
         a delivery failure never rewrites it. Raises :class:`~rollout.errors.TrainerError`
         when it could not be delivered.
         """
-        await self._post(
-            server_url + COMPLETED_PATH, result.to_json(), api_key, self.delivery_policy
-        )
+        await self.deliver_json(server_url, result.to_json(), api_key=api_key)
+
+    async def deliver_json(
+        self, server_url: str, body: Mapping[str, JSON], *, api_key: str | None
+    ) -> None:
+        """:meth:`deliver` for a result already in its wire JSON (e.g. from the outbox)."""
+        await self._post(server_url + COMPLETED_PATH, body, api_key, self.delivery_policy)
 
     async def _post(
         self, url: str, body: Mapping[str, JSON], api_key: str | None, policy: RetryPolicy
