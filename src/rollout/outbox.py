@@ -61,7 +61,7 @@ class Outbox:
 
     def put(self, pending: PendingResult) -> Path:
         """Write ``pending`` durably; returns its file. Raises :class:`OSError`."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path_for(pending.key)
         temporary = path.with_suffix(".tmp")
         data = json.dumps(attrs.asdict(pending), ensure_ascii=False).encode()
