@@ -76,7 +76,8 @@ def create_app(
     @app.before_serving
     async def start() -> None:
         limits = httpx.Limits(
-            max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_keepalive_connections,
         )
         http = httpx.AsyncClient(limits=limits, transport=transport, follow_redirects=False)
         trainer = TrainerClient(http, chat=config.chat_retry, delivery=config.delivery_retry)
