@@ -2,7 +2,8 @@
 
 Endpoints (the trainer side of PROTOCOL.md §2):
 
-- ``POST /v1/chat/completions``: answers with :func:`mock_trainer.model.respond`, shaped like
+- ``POST /v1/chat/completions`` (and ``/v1/completions``, where seed 000's synchronous
+  variant sends the same body): answers with :func:`mock_trainer.model.respond`, shaped like
   the protocol's examples 04/06 (``usage``, ``token_ids``, ``logprobs``);
 - ``POST /v1/rollout/completed``: records a result, answers ``{"status": "ok"}``;
 - ``GET /v1/rollout/completed/<rollout_id>``: the first recorded result, or 404;
@@ -174,6 +175,7 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
         return _json({"detail": "Invalid or missing API key"}, 401)
 
     @app.post("/v1/chat/completions")
+    @app.post("/v1/completions")  # seed 000's synchronous variant sends the same chat body
     async def chat() -> Response:
         body, error = await read_json()
         if error is not None:

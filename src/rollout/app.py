@@ -1,9 +1,11 @@
 """The HTTP side: a Quart-Trio app with thin routes (PROTOCOL.md §1).
 
 ``POST /v1/rollout/init``: authenticate (before reading the body), check the content type,
-read at most ``max_body_bytes``, parse, admit, answer ``202``. ``GET /health``: counters,
-unauthenticated. Every error is a JSON body ``{"detail": ...}`` with a 4xx status; a bug is
-a ``500`` with a generic message and the traceback in the log, never in the response.
+read at most ``max_body_bytes``, parse, admit, answer ``202``. ``POST /rollout`` (seed
+000's synchronous variant): the same checks, then run the rollout and answer its result.
+``GET /health``: counters, unauthenticated. Every error is a JSON body ``{"detail": ...}``
+with a 4xx status; a bug is a ``500`` with a generic message and the traceback in the log,
+never in the response.
 
 The app owns the rollout :class:`~rollout.supervisor.Supervisor` and the one shared
 :class:`httpx.AsyncClient`. Order matters at shutdown (STACK.md): Quart-Trio cancels its
@@ -26,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from .agent import Agent
 from .config import ServerConfig
-from .protocol import ValidationError, converter, parse_init_request
+from .protocol import ValidationError, converter, parse_init_request, parse_sync_request
 from .supervisor import AdmissionError, Supervisor
 from .trainer import TrainerClient
 
@@ -91,21 +93,33 @@ def create_app(
         await supervisor.drain()
         await supervisor.trainer.http.aclose()
 
-    @app.post("/v1/rollout/init")
-    async def init() -> Response:
+    async def read_body() -> tuple[Any, Response | None]:
+        """Authenticate (before reading the body), check the content type, decode JSON."""
         if expected_auth is not None:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected_auth):
-                return _error(401, "Invalid or missing API key", {"www-authenticate": "Bearer"})
+                return None, _error(
+                    401, "Invalid or missing API key", {"www-authenticate": "Bearer"}
+                )
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-            return _error(415, f"expected Content-Type application/json, got {mimetype}")
+            return None, _error(415, f"expected Content-Type application/json, got {mimetype}")
         raw = await request.get_data(cache=False)
         try:
-            payload = json.loads(raw)
+            return json.loads(raw), None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             detail = [{"type": "json_invalid", "loc": ["body"], "msg": f"JSON decode error: {exc}"}]
-            return _error(422, detail)
+            return None, _error(422, detail)
+
+    def refused(exc: AdmissionError) -> Response:
+        headers = {} if exc.retry_after is None else {"retry-after": f"{exc.retry_after:g}"}
+        return _error(exc.status, str(exc), headers)
+
+    @app.post("/v1/rollout/init")
+    async def init() -> Response:
+        payload, error = await read_body()
+        if error is not None:
+            return error
         try:
             init_request = parse_init_request(payload)
         except ValidationError as exc:
@@ -114,8 +128,7 @@ def create_app(
         try:
             response, started = supervisor.admit(init_request)
         except AdmissionError as exc:
-            headers = {} if exc.retry_after is None else {"retry-after": f"{exc.retry_after:g}"}
-            return _error(exc.status, str(exc), headers)
+            return refused(exc)
         if started:
             log.info("rollout %s accepted", init_request.rollout_id)
         else:
@@ -123,6 +136,22 @@ def create_app(
                 "rollout %s: duplicate init, answered from the record", init_request.rollout_id
             )
         return _json(converter.unstructure(response), 202)
+
+    @app.post("/rollout")
+    async def rollout_sync() -> Response:
+        """Seed 000's synchronous variant: run the rollout, answer its result (``200``)."""
+        payload, error = await read_body()
+        if error is not None:
+            return error
+        try:
+            sync_request = parse_sync_request(payload)
+        except ValidationError as exc:
+            return _error(422, exc.detail)
+        try:
+            result = await supervisor_of(app).run_sync(sync_request)
+        except AdmissionError as exc:
+            return refused(exc)
+        return _json(result.to_json(), 200)
 
     @app.get("/health")
     async def health() -> Response:

@@ -33,9 +33,9 @@ import attrs
 import trio
 
 from .agent import Agent, RolloutContext, Trajectory
-from .errors import AgentError, TrainerError
+from .errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
 from .protocol import FinishReason, InitRequest, RolloutResult, Status
-from .trainer import TrainerClient
+from .trainer import CHAT_PATH, TrainerClient
 
 __all__ = ["RunControl", "run_rollout"]
 
@@ -68,17 +68,19 @@ async def run_rollout(
     slot: Callable[[], AbstractAsyncContextManager[object]],
     started_at: float,
     tool_limiter: trio.CapacityLimiter | None = None,
+    chat_path: str = CHAT_PATH,
 ) -> RolloutResult:
     """Run ``agent`` on ``request`` and return its one result. Never raises but
     :class:`trio.Cancelled` from a scope *outside* ``control.scope``.
 
     ``slot()`` is entered before the agent starts (the supervisor's concurrency limit);
     ``started_at`` is the Trio time the rollout was accepted, from which the deadline and
-    ``total_latency_ms`` are counted.
+    ``total_latency_ms`` are counted. ``chat_path`` is where LLM turns go under
+    ``server_url`` (seed 000's synchronous variant uses ``/v1/completions``).
     """
 
     async def send_chat(body: dict[str, object]) -> object:
-        return await trainer.chat(request.server_url, body, api_key=request.api_key)
+        return await trainer.chat(request.server_url, body, api_key=request.api_key, path=chat_path)
 
     ctx = RolloutContext(
         rollout_id=request.rollout_id,
@@ -105,7 +107,7 @@ async def run_rollout(
                     raise _RewardFailed(exc) from exc
                 status = Status.COMPLETED
         except TrainerError as exc:
-            error = f"trainer error: {exc}"
+            error = _describe_trainer_error(exc)
         except AgentError as exc:
             error = f"agent error: {exc}"
         except _RewardFailed as exc:
@@ -135,6 +137,17 @@ async def run_rollout(
         error_message=error,
         reward=reward,
     )
+
+
+def _describe_trainer_error(exc: TrainerError) -> str:
+    """The error_message for a trainer failure, with the prefixes of seed 000's synchronous
+    variant (PROTOCOL.md §1): "Network error: ..." when the trainer never answered,
+    "Trainer HTTP error: <code>: ..." for a status, "trainer error: ..." otherwise."""
+    if isinstance(exc, TrainerTransportError):
+        return f"Network error: {exc}"
+    if isinstance(exc, TrainerHTTPError):
+        return f"Trainer HTTP error: {exc.status}: {exc}"
+    return f"trainer error: {exc}"
 
 
 class _RewardFailed(Exception):

@@ -53,6 +53,7 @@ __all__ = [
     "converter",
     "parse_completion",
     "parse_init_request",
+    "parse_sync_request",
 ]
 
 #: Largest ``metadata`` accepted, as UTF-8 JSON (PROTOCOL.md §1).
@@ -779,6 +780,63 @@ def parse_init_request(payload: JSON) -> InitRequest:
             [_detail(["body"], f"expected a JSON object, got {type_name(payload)}", "dict_type")]
         )
     return _structure(payload, InitRequest, root="body")  # type: ignore[no-any-return]
+
+
+#: Seed 000's synchronous ``POST /rollout`` names two init fields differently.
+_SYNC_RENAMES = {"sampling_params": "completion_params", "callback_api_key": "api_key"}
+#: Seed 000's bounds, checked after the types (PROTOCOL.md §1, synchronous variant).
+_SYNC_BOUNDS: tuple[tuple[tuple[str, ...], float, float], ...] = (
+    (("sampling_params", "temperature"), 0.0, 2.0),
+    (("sampling_params", "top_p"), 0.0, 1.0),
+    (("sampling_params", "max_tokens"), 1, 32768),
+    (("max_turns",), 1, 100),
+)
+
+
+def parse_sync_request(payload: JSON) -> InitRequest:
+    """Validate a ``POST /rollout`` body (seed 000's synchronous variant, PROTOCOL.md §1,
+    ``examples/09``) into the :class:`InitRequest` it is equivalent to.
+
+    ``sampling_params`` plays ``completion_params``, ``callback_api_key`` plays ``api_key``
+    (the Bearer token of the LLM calls); ``tokenizer_name``/``tokenizer_revision`` are
+    accepted and unused. Raises :class:`ValidationError` with ``loc``s in the synchronous
+    names, also for values outside seed 000's bounds (``temperature`` 0-2, ``top_p`` 0-1,
+    ``max_tokens`` 1-32768, ``max_turns`` 1-100).
+    """
+    if not isinstance(payload, Mapping):
+        raise ValidationError(
+            [_detail(["body"], f"expected a JSON object, got {type_name(payload)}", "dict_type")]
+        )
+    renamed = {
+        _SYNC_RENAMES.get(k, k): v for k, v in payload.items() if k not in _SYNC_RENAMES.values()
+    }
+    try:
+        request = parse_init_request(renamed)
+    except ValidationError as exc:
+        back = {v: k for k, v in _SYNC_RENAMES.items()}
+        for item in exc.detail:
+            item["loc"] = [
+                back.get(part, part) if isinstance(part, str) else part for part in item["loc"]
+            ]
+        raise
+    values: dict[str, float] = {
+        "temperature": request.completion_params.temperature,
+        "top_p": request.completion_params.top_p,
+        "max_tokens": request.completion_params.max_tokens,
+        "max_turns": request.max_turns,
+    }
+    errors = [
+        _detail(
+            ["body", *path],
+            f"must be between {low:g} and {high:g}, got {values[path[-1]]:g}",
+            "range_error",
+        )
+        for path, low, high in _SYNC_BOUNDS
+        if not low <= values[path[-1]] <= high
+    ]
+    if errors:
+        raise ValidationError(errors)
+    return request
 
 
 def _unstructure_init(request: InitRequest) -> dict[str, JSON]:

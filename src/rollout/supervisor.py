@@ -43,7 +43,7 @@ from .errors import TrainerError, TrainerHTTPError
 from .lifecycle import RunControl, run_rollout
 from .outbox import Outbox, PendingResult
 from .protocol import InitRequest, InitResponse, RolloutResult
-from .trainer import TrainerClient, redact_url
+from .trainer import CHAT_PATH, SYNC_COMPLETIONS_PATH, TrainerClient, redact_url
 
 __all__ = ["AdmissionError", "Conflict", "Draining", "Overloaded", "Supervisor"]
 
@@ -186,13 +186,7 @@ class Supervisor:
                     f" (rollout_id {record.response.rollout_id!r}); use a new key for a new rollout"
                 )
             return record.response, False
-        if self._draining:
-            raise Draining("the server is draining for shutdown and admits no new rollouts")
-        limit = self.config.max_concurrent_rollouts + self.config.max_queued_rollouts
-        if self.active_rollouts >= limit:
-            raise Overloaded(
-                f"{self.active_rollouts} rollouts are unfinished (limit {limit}); retry later"
-            )
+        self._admission_check()
         if self._nursery is None:
             raise RuntimeError("Supervisor.admit() called before Supervisor.run() started")
         response = InitResponse(request.rollout_id, self.agent.tool_schemas)
@@ -206,6 +200,15 @@ class Supervisor:
         )
         return response, True
 
+    def _admission_check(self) -> None:
+        if self._draining:
+            raise Draining("the server is draining for shutdown and admits no new rollouts")
+        limit = self.config.max_concurrent_rollouts + self.config.max_queued_rollouts
+        if self.active_rollouts >= limit:
+            raise Overloaded(
+                f"{self.active_rollouts} rollouts are unfinished (limit {limit}); retry later"
+            )
+
     def _forget_expired(self) -> None:
         horizon = trio.current_time() - self.config.idempotency_ttl
         while self._finished:
@@ -218,27 +221,9 @@ class Supervisor:
     # ------------------------------------------------------------------ one rollout
 
     async def _rollout(self, request: InitRequest, record: _Record) -> None:
-        started_at = trio.current_time()
-        record.control.scope.deadline = started_at + self.config.rollout_timeout
-
-        @asynccontextmanager
-        async def slot() -> AsyncIterator[None]:
-            async with self._slots:
-                self._move(record, Phase.RUNNING)
-                yield
-
         try:
-            result = await run_rollout(
-                request,
-                self.agent,
-                self.trainer,
-                record.control,
-                slot=slot,
-                started_at=started_at,
-                tool_limiter=self._tool_limiter,
-            )
+            result = await self._run(request, record)
             self._move(record, Phase.DELIVERING)
-            self._log_result(result)
             pending = PendingResult(
                 request.key,
                 request.server_url,
@@ -250,6 +235,54 @@ class Supervisor:
         finally:
             self.completed_rollouts += 1
             self._done(request.key, record)
+
+    async def _run(
+        self, request: InitRequest, record: _Record, *, chat_path: str = CHAT_PATH
+    ) -> RolloutResult:
+        started_at = trio.current_time()
+        record.control.scope.deadline = started_at + self.config.rollout_timeout
+
+        @asynccontextmanager
+        async def slot() -> AsyncIterator[None]:
+            async with self._slots:
+                self._move(record, Phase.RUNNING)
+                yield
+
+        result = await run_rollout(
+            request,
+            self.agent,
+            self.trainer,
+            record.control,
+            slot=slot,
+            started_at=started_at,
+            tool_limiter=self._tool_limiter,
+            chat_path=chat_path,
+        )
+        self._log_result(result)
+        return result
+
+    async def run_sync(self, request: InitRequest) -> RolloutResult:
+        """Run one rollout of seed 000's synchronous ``POST /rollout`` in the caller's task
+        and return its result (no callback; LLM turns go to ``{server_url}/v1/completions``).
+
+        Admission is bounded as for inits (:class:`Draining`, :class:`Overloaded`); there is
+        no idempotency record: the trainer holds the request open. A drain cancels it like
+        any rollout, and the caller gets its "shutdown" result.
+        """
+        self._admission_check()
+        key = f"sync {request.rollout_id} {id(request)}"
+        control = RunControl(trio.CancelScope(), timeout=self.config.rollout_timeout)
+        record = _Record(b"", InitResponse(request.rollout_id, ()), control)
+        self._records[key] = record
+        self._phases[Phase.QUEUED] += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            return await self._run(request, record, chat_path=SYNC_COMPLETIONS_PATH)
+        finally:
+            self.completed_rollouts += 1
+            self._done(key, record)
+            del self._records[key]
+            del self._finished[key]
 
     def _done(self, key: str, record: _Record) -> None:
         self._move(record, Phase.DONE)

@@ -35,6 +35,8 @@ __all__ = ["RetryPolicy", "TrainerClient"]
 log = logging.getLogger("rollout.trainer")
 
 CHAT_PATH = "/v1/chat/completions"
+#: Where seed 000's synchronous variant sends LLM turns (the same chat body).
+SYNC_COMPLETIONS_PATH = "/v1/completions"
 COMPLETED_PATH = "/v1/rollout/completed"
 #: How much of an error body goes into an error message.
 _BODY_SNIPPET_CHARS = 300
@@ -102,7 +104,12 @@ class TrainerClient:
         self.delivery_policy = delivery
 
     async def chat(
-        self, server_url: str, body: Mapping[str, JSON], *, api_key: str | None
+        self,
+        server_url: str,
+        body: Mapping[str, JSON],
+        *,
+        api_key: str | None,
+        path: str = CHAT_PATH,
     ) -> Completion:
         """Send one chat request and parse the completion.
 
@@ -112,7 +119,7 @@ class TrainerClient:
         :class:`~rollout.errors.MalformedCompletionError` (a 2xx that is not a completion;
         not retried: the trainer already generated it).
         """
-        url = server_url + CHAT_PATH
+        url = server_url + path
         response = await self._post(url, body, api_key, self.chat_policy)
         try:
             return parse_completion(response.json())
