@@ -4,6 +4,7 @@ Shutdown order (see STACK.md for why each step is where it is):
 
 1. SIGTERM or SIGINT arrives (the receiver is opened *before* the server listens, so an
    early signal is never lost to the default handler, which would exit 143 with no drain);
+   a second one ends the drain at once (:meth:`~rollout.supervisor.Supervisor.hurry`);
 2. the supervisor drains while Hypercorn still serves: ``/health`` says "draining" and new
    inits get ``503``; unfinished rollouts get ``drain_timeout`` seconds, then are cancelled
    and their "shutdown" results delivered;
@@ -26,8 +27,11 @@ import trio
 from .agent import Agent
 from .app import create_app, supervisor_of
 from .config import ServerConfig
+from .supervisor import Supervisor
 
 __all__ = ["serve"]
+
+log = logging.getLogger("rollout.serve")
 
 
 async def serve(
@@ -57,13 +61,23 @@ async def serve(
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
 
-        async def first_signal() -> None:
+        async def next_signal() -> None:
             async for _ in signals:
                 return
 
         async def drain_then_stop() -> None:
-            await (shutdown_trigger or first_signal)()
-            await supervisor_of(app).drain()
+            await (shutdown_trigger or next_signal)()
+            supervisor = supervisor_of(app)
+            async with trio.open_nursery() as nursery:
+                if shutdown_trigger is None:
+                    nursery.start_soon(hurry_on_second_signal, supervisor)
+                await supervisor.drain()
+                nursery.cancel_scope.cancel()
+
+        async def hurry_on_second_signal(supervisor: Supervisor) -> None:
+            await next_signal()
+            log.warning("second signal: stopping now, without waiting for the drain")
+            supervisor.hurry()
 
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(

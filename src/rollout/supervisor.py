@@ -31,8 +31,8 @@ import enum
 import hashlib
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import attrs
 import trio
@@ -120,6 +120,10 @@ class Supervisor:
         self.completed_rollouts = 0
         self.lost_results = 0
         self._outbox = None if config.outbox_dir is None else Outbox(config.outbox_dir)
+        self._hurried = False
+        self._runs_ended = trio.Event()  # no rollout queued or running: every result exists
+        self._runs_ended.set()
+        self._wait_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ service
 
@@ -153,7 +157,7 @@ class Supervisor:
                 active,
                 self.config.drain_timeout,
             )
-        with trio.move_on_after(self.config.drain_timeout):
+        with self._hurry_scope(self.config.drain_timeout):
             await self._idle.wait()
         cancelled = [r for r in self._records.values() if r.phase in (Phase.QUEUED, Phase.RUNNING)]
         for record in cancelled:
@@ -162,11 +166,37 @@ class Supervisor:
             log.warning(
                 "drain timeout: cancelled %d rollouts, delivering their results", len(cancelled)
             )
+        # Cancelled rollouts end at their next checkpoint; let them make (and keep) their
+        # results even when hurried, or a second signal would lose them.
         with trio.move_on_after(self.config.shutdown_delivery_timeout):
+            await self._runs_ended.wait()
+        with self._hurry_scope(self.config.shutdown_delivery_timeout):
             await self._idle.wait()
         if not self._idle.is_set():
-            log.error("shutdown: %d results could not be delivered in time", self.active_rollouts)
+            where = "kept in the outbox" if self._outbox is not None else "LOST"
+            log.error(
+                "shutdown: %d results not delivered in time (%s)", self.active_rollouts, where
+            )
         self._drained.set()
+
+    def hurry(self) -> None:
+        """End a running :meth:`drain` now (a second SIGTERM/SIGINT): unfinished rollouts are
+        cancelled at once and their deliveries not waited for. With an outbox their results
+        are kept on disk for the next start; without one they are lost (and logged)."""
+        self._hurried = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    @contextmanager
+    def _hurry_scope(self, seconds: float) -> Iterator[None]:
+        with trio.move_on_after(seconds) as scope:
+            self._wait_scope = scope
+            if self._hurried:
+                scope.cancel()
+            try:
+                yield
+            finally:
+                self._wait_scope = None
 
     # ------------------------------------------------------------------ admission
 
@@ -195,6 +225,7 @@ class Supervisor:
         self._records[request.key] = record
         self._phases[Phase.QUEUED] += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._runs_ended = trio.Event() if self._runs_ended.is_set() else self._runs_ended
         self._nursery.start_soon(
             self._rollout, request, record, name=f"rollout {request.rollout_id}"
         )
@@ -223,7 +254,6 @@ class Supervisor:
     async def _rollout(self, request: InitRequest, record: _Record) -> None:
         try:
             result = await self._run(request, record)
-            self._move(record, Phase.DELIVERING)
             pending = PendingResult(
                 request.key,
                 request.server_url,
@@ -231,7 +261,9 @@ class Supervisor:
                 request.api_key,
                 record.digest.hex(),
             )
-            record.delivered = await self._deliver(pending)
+            kept = await self._keep(pending)
+            self._move(record, Phase.DELIVERING)  # from here on, the result exists
+            record.delivered = await self._deliver(pending, kept=kept)
         finally:
             self.completed_rollouts += 1
             self._done(request.key, record)
@@ -276,6 +308,7 @@ class Supervisor:
         self._records[key] = record
         self._phases[Phase.QUEUED] += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._runs_ended = trio.Event() if self._runs_ended.is_set() else self._runs_ended
         try:
             return await self._run(request, record, chat_path=SYNC_COMPLETIONS_PATH)
         finally:
@@ -291,23 +324,31 @@ class Supervisor:
         if self.active_rollouts == 0:
             self._idle.set()
 
-    async def _deliver(self, pending: PendingResult) -> bool:
-        """Deliver one result, kept in the outbox (when there is one) until acknowledged.
+    async def _keep(self, pending: PendingResult) -> bool:
+        """Write the result to the outbox, if there is one; whether it is kept there.
 
-        Returns whether a 2xx acknowledged it. Never raises but :class:`trio.Cancelled`;
-        cancelled mid-delivery (shutdown), the result stays in the outbox.
+        Shielded: a shutdown must not cancel the one write that makes the result survive it.
         """
-        kept = False
-        if self._outbox is not None:
+        if self._outbox is None:
+            return False
+        with trio.CancelScope(shield=True):
             try:
                 await trio.to_thread.run_sync(self._outbox.put, pending)
-                kept = True
             except OSError as exc:
                 log.error(
                     "outbox: cannot keep the result of rollout %s (%s); delivering without it",
                     pending.rollout_id,
                     exc,
                 )
+                return False
+        return True
+
+    async def _deliver(self, pending: PendingResult, *, kept: bool) -> bool:
+        """Deliver one result; ``kept``: it is in the outbox, to be removed once acknowledged.
+
+        Returns whether a 2xx acknowledged it. Never raises but :class:`trio.Cancelled`;
+        cancelled mid-delivery (shutdown), a kept result stays in the outbox.
+        """
         where = redact_url(pending.server_url)
         try:
             await self.trainer.deliver_json(
@@ -354,7 +395,7 @@ class Supervisor:
         record = self._records[pending.key]
         log.info("outbox: delivering the result of rollout %s again", pending.rollout_id)
         try:
-            record.delivered = await self._deliver(pending)
+            record.delivered = await self._deliver(pending, kept=True)
         finally:
             self._done(pending.key, record)
 
@@ -383,6 +424,8 @@ class Supervisor:
         self._phases[record.phase] -= 1
         self._phases[phase] += 1
         record.phase = phase
+        if self._count(Phase.QUEUED, Phase.RUNNING) == 0:
+            self._runs_ended.set()
 
     def _count(self, *phases: Phase) -> int:
         return sum(self._phases[phase] for phase in phases)

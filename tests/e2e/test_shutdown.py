@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 import trio
 
 from conftest import PROCESS_TIMEOUT, StartServer, Trainer, gated_agent, init_body, server_process
+from mock_trainer import Fault
 from rollout import Agent, Message, RolloutContext
 
 
@@ -115,3 +117,35 @@ async def test_sigterm_past_the_drain_timeout_reports_shutdown(trainer: Trainer)
     assert result["finish_reason"] == "shutdown"
     assert result["final_messages"] == body["messages"]
     assert result["metrics"]["total_latency_ms"] > 0
+
+
+async def test_a_second_signal_stops_at_once_and_keeps_the_result(
+    trainer: Trainer, tmp_path: Path
+) -> None:
+    import httpx
+
+    trainer.mock.chat_delay = 600.0  # the rollout would hold the drain for its whole timeout
+    trainer.mock.completed_faults.extend(Fault(503) for _ in range(1000))
+    async with (
+        server_process("--drain-timeout", "600", outbox=tmp_path) as (process, port),
+        httpx.AsyncClient() as client,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        body = init_body(trainer, rollout_id="hurried")
+        assert (await client.post(f"{url}/v1/rollout/init", json=body)).status_code == 202
+        await trainer.mock.wait_chat_request("hurried", timeout=PROCESS_TIMEOUT)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROCESS_TIMEOUT):
+            while not (await client.get(f"{url}/health")).json()["draining"]:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROCESS_TIMEOUT):  # far less than the 600 s drain
+            returncode = await process.wait()
+
+    assert returncode == 0
+    (kept,) = _outbox_files(tmp_path)
+    assert '"finish_reason": "shutdown"' in kept.read_text()
+
+
+def _outbox_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json"))
