@@ -132,7 +132,14 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self._outbox is not None:
-                for pending in await trio.to_thread.run_sync(self._outbox.pending):
+                left = await trio.to_thread.run_sync(self._outbox.pending)
+                if left:
+                    log.warning(
+                        "outbox %s: %d results from an earlier run, delivering them",
+                        self._outbox.directory,
+                        len(left),
+                    )
+                for pending in left:
                     self._remember_delivering(pending)
                     nursery.start_soon(self._redeliver, pending, name=f"outbox {pending.key}")
             task_status.started()
