@@ -71,8 +71,8 @@ class RunSettings:
 class Outcome:
     """A rule's verdict: "pass", "fail", or "error" (the run itself broke).
 
-    For a failure, ``case`` and ``exchange`` are the smallest failing example found and
-    ``violations`` what it broke.
+    For a failure, ``exchange`` is the smallest failing example found (its ``case`` is the
+    replayable input) and ``violations`` what it broke; ``examples`` counts cases run.
     """
 
     rule: Rule
@@ -115,7 +115,7 @@ class Runner:
     trainer_url: str
     client: httpx.AsyncClient
     settings: RunSettings
-    server_api_key: str | None = None
+    server_api_key: str | None = attrs.field(default=None, repr=False)
     _token: str = attrs.field(factory=lambda: secrets.token_hex(4))
     _count: int = 0
 
