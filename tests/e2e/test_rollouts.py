@@ -6,8 +6,10 @@ checks what the trainer received on the wire.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import trio
 
 from conftest import Server, StartServer, Trainer, init_body, run_to_result
@@ -319,3 +321,20 @@ async def test_many_concurrent_rollouts_all_report(
             nursery.start_soon(one, i)
     assert len(trainer.mock.results) == count
     assert (await server.health())["completed_rollouts"] == count
+
+
+async def test_the_api_key_never_reaches_the_logs(
+    server: Server, trainer: Trainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    trainer.mock.chat_faults.append(Fault(500))
+    trainer.mock.completed_faults.append(Fault(503))
+    body = init_body(trainer, rollout_id="canary", api_key="sk-log-canary-7f3a")
+    await run_to_result(server, trainer, body)
+    failing = init_body(trainer, rollout_id="canary-2", api_key="sk-log-canary-7f3a")
+    trainer.mock.chat_faults.append(Fault(400))
+    await run_to_result(server, trainer, failing)
+
+    assert caplog.records, "the logs were captured"
+    assert all("sk-log-canary-7f3a" not in record.getMessage() for record in caplog.records)
+    assert "sk-log-canary-7f3a" not in caplog.text
