@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -21,10 +22,14 @@ DEFAULT_AGENT = "rollout.examples.calculator:agent"
 
 def load_agent(reference: str) -> Agent:
     """Import ``"package.module:name"``; ``name`` is an :class:`Agent` or a function
-    returning one. Raises :class:`click.BadParameter` with the reason otherwise."""
+    returning one. Modules are found from the current directory too (as uvicorn and
+    hypercorn do), so ``rollout serve -m weather:agent`` serves ``./weather.py``.
+    Raises :class:`click.BadParameter` with the reason otherwise."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"expected 'module:name', got {reference!r}", param_hint="-m")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import sys
+from functools import partial
+from pathlib import Path
 
 import trio
 
 from conftest import PROCESS_TIMEOUT
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 async def _rollout(*args: str) -> tuple[int, str]:
@@ -36,3 +42,26 @@ async def test_an_agent_that_cannot_be_loaded_is_a_usage_error() -> None:
     assert code == 2
     assert "cannot import 'no_such_module'" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_the_readme_agent_is_served_from_the_current_directory(tmp_path: Path) -> None:
+    """``rollout serve -m weather:agent`` (the console script, not ``python -m``) finds
+    ./weather.py, as the README says."""
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
+    (tmp_path / "weather.py").write_text(code)
+    script = Path(sys.executable).parent / "rollout"
+    command = [str(script), "serve", "-m", "weather:agent", "--host", "127.0.0.1", "--port", "0"]
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, cwd=tmp_path, stderr=subprocess.PIPE, check=False)
+        )
+        assert process.stderr is not None
+        output = b""
+        with trio.fail_after(PROCESS_TIMEOUT):
+            while b"listening on" not in output:
+                chunk = await process.stderr.receive_some()
+                assert chunk, output.decode(errors="replace")
+                output += chunk
+        process.terminate()
+
+    assert b"(agent weather," in output
