@@ -10,11 +10,14 @@ from .app import create_app
 from .config import ServerConfig
 from .errors import (
     AgentError,
+    EngineFailure,
     MalformedCompletionError,
     RolloutError,
     ToolError,
     TrainerError,
+    TrainerExchangeError,
     TrainerHTTPError,
+    TrainerNotAllowedError,
     TrainerTransportError,
 )
 from .protocol import FinishReason, InitRequest, Message, RolloutResult, Status, ToolCall
@@ -26,6 +29,7 @@ __all__ = [
     "Agent",
     "AgentError",
     "AgentLoop",
+    "EngineFailure",
     "FinishReason",
     "InitRequest",
     "MalformedCompletionError",
@@ -41,7 +45,9 @@ __all__ = [
     "ToolCall",
     "ToolError",
     "TrainerError",
+    "TrainerExchangeError",
     "TrainerHTTPError",
+    "TrainerNotAllowedError",
     "TrainerTransportError",
     "Trajectory",
     "create_app",

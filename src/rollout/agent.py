@@ -33,6 +33,7 @@ from typing import Any
 import attrs
 import trio
 
+from . import _json
 from ._json import JSON
 from .errors import AgentError
 from .protocol import (
@@ -42,6 +43,7 @@ from .protocol import (
     Message,
     Metrics,
     chat_request,
+    converter,
 )
 from .tools import Tool, run_tool_call
 
@@ -291,7 +293,8 @@ class RolloutContext:
         finally:
             self.counters.tool_seconds += trio.current_time() - started
         replies = tuple(
-            Message.tool(call.id, content) for call, content in zip(calls, contents, strict=True)
+            Message.tool(call.id, _json.clean_text(content))
+            for call, content in zip(calls, contents, strict=True)
         )
         for reply in replies:
             self.append(reply)
@@ -302,9 +305,14 @@ class RolloutContext:
 
         Raises :class:`~rollout.errors.AgentError` for an ``assistant`` message (those come
         from the model, via :meth:`chat`), for a tool message whose ``tool_call_id`` is not
-        an unanswered call of the last assistant message, and for any other message while
-        tool calls are unanswered.
+        an unanswered call of the last assistant message, for any other message while
+        tool calls are unanswered, and for a message that strict JSON cannot carry (NaN,
+        a lone surrogate: it could never be sent to the trainer, PROTOCOL.md §1).
         """
+        try:
+            _json.check(converter.unstructure(message))
+        except _json.JSONError as exc:
+            raise AgentError(f"the message cannot be sent as JSON: {exc}") from None
         if message.role == "assistant":
             raise AgentError("assistant messages come from the trainer: use ctx.chat()")
         if message.role == "tool":

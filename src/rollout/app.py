@@ -17,18 +17,27 @@ drains the supervisor first, and only then closes the HTTP client.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
+import httpcore
 import httpx
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from . import _json as _jsonlib
+from ._policy import PolicyBackend, TrainerPolicy
 from .agent import Agent
 from .config import ServerConfig
-from .protocol import ValidationError, converter, parse_init_request, parse_sync_request
+from .lifecycle import encode_result
+from .protocol import (
+    InitRequest,
+    ValidationError,
+    converter,
+    parse_init_request,
+    parse_sync_request,
+)
 from .supervisor import AdmissionError, Supervisor
 from .trainer import TrainerClient
 
@@ -49,12 +58,25 @@ def supervisor_of(app: QuartTrio) -> Supervisor:
 
 def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body), status=status, headers=headers, content_type="application/json"
+        _jsonlib.dumps(body), status=status, headers=headers, content_type="application/json"
     )
 
 
 def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> Response:
     return _json({"detail": detail}, status, headers)
+
+
+def _refused_early(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """An answer sent before the request body was read: the connection is closed after it,
+    so an unread body can never be taken for the next request on it (keep-alive)."""
+    return _error(status, detail, {**(headers or {}), "connection": "close"})
+
+
+def _bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; the scheme is matched
+    case-insensitively (RFC 7235 §2.1)."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def create_app(
@@ -73,7 +95,8 @@ def create_app(
     app = QuartTrio("rollout")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = config.shutdown_budget
-    expected_auth = None if config.api_key is None else f"Bearer {config.api_key}".encode()
+    expected_key = None if config.api_key is None else config.api_key.encode()
+    policy = config.trainer_policy
 
     @app.before_serving
     async def start() -> None:
@@ -81,8 +104,18 @@ def create_app(
             max_connections=config.max_connections,
             max_keepalive_connections=config.max_keepalive_connections,
         )
-        http = httpx.AsyncClient(limits=limits, transport=transport, follow_redirects=False)
-        trainer = TrainerClient(http, chat=config.chat_retry, delivery=config.delivery_retry)
+        http = httpx.AsyncClient(
+            limits=limits,
+            transport=transport or _policed_transport(policy, limits),
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment would bypass the trainer policy
+        )
+        trainer = TrainerClient(
+            http,
+            chat=config.chat_retry,
+            delivery=config.delivery_retry,
+            max_response_bytes=config.max_response_bytes,
+        )
         supervisor = Supervisor(agent, trainer, config)
         await app.nursery.start(supervisor.run)
         app.extensions[_SUPERVISOR] = supervisor
@@ -93,23 +126,40 @@ def create_app(
         await supervisor.drain()
         await supervisor.trainer.http.aclose()
 
-    async def read_body() -> tuple[Any, Response | None]:
-        """Authenticate (before reading the body), check the content type, decode JSON."""
-        if expected_auth is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected_auth):
-                return None, _error(
-                    401, "Invalid or missing API key", {"www-authenticate": "Bearer"}
+    async def read_body() -> tuple[Any, int, Response | None]:
+        """Authenticate (before reading the body), check the content type, decode strict
+        JSON (PROTOCOL.md §1, "Our rule"). Returns the value, the body's size in bytes, and
+        the error answer if any."""
+        if supervisor_of(app).failed.is_set():
+            return None, 0, _refused_early(503, "the rollout engine stopped; shutting down")
+        if expected_key is not None:
+            token = _bearer_token(request.headers.get("authorization", ""))
+            given = token.encode("utf-8", "replace") if token is not None else b""
+            if not hmac.compare_digest(given, expected_key):
+                return (
+                    None,
+                    0,
+                    _refused_early(
+                        401, "Invalid or missing API key", {"www-authenticate": "Bearer"}
+                    ),
                 )
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-            return None, _error(415, f"expected Content-Type application/json, got {mimetype}")
+            return None, 0, _refused_early(415, "expected Content-Type application/json")
         raw = await request.get_data(cache=False)
         try:
-            return json.loads(raw), None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _jsonlib.loads(raw), len(raw), None
+        except _jsonlib.JSONError as exc:
             detail = [{"type": "json_invalid", "loc": ["body"], "msg": f"JSON decode error: {exc}"}]
-            return None, _error(422, detail)
+            return None, len(raw), _error(422, detail)
+
+    def trainer_refused(init_request: InitRequest) -> Response | None:
+        url = httpx.URL(init_request.server_url)
+        refusal = policy.refusal(url.host, url.port or (443 if url.scheme == "https" else 80))
+        if refusal is None:
+            return None
+        detail = [{"type": "trainer_not_allowed", "loc": ["body", "server_url"], "msg": refusal}]
+        return _error(422, detail)
 
     def refused(exc: AdmissionError) -> Response:
         headers = {} if exc.retry_after is None else {"retry-after": f"{exc.retry_after:g}"}
@@ -117,16 +167,18 @@ def create_app(
 
     @app.post("/v1/rollout/init")
     async def init() -> Response:
-        payload, error = await read_body()
+        payload, size, error = await read_body()
         if error is not None:
             return error
         try:
             init_request = parse_init_request(payload)
         except ValidationError as exc:
             return _error(422, exc.detail)
+        if (refusal := trainer_refused(init_request)) is not None:
+            return refusal
         supervisor = supervisor_of(app)
         try:
-            response, started = supervisor.admit(init_request)
+            response, started = supervisor.admit(init_request, size)
         except AdmissionError as exc:
             return refused(exc)
         if started:
@@ -139,26 +191,32 @@ def create_app(
 
     @app.post("/rollout")
     async def rollout_sync() -> Response:
-        """Seed 000's synchronous variant: run the rollout, answer its result (``200``)."""
-        payload, error = await read_body()
+        """The synchronous variant: run the rollout, answer its result (``200``)."""
+        payload, size, error = await read_body()
         if error is not None:
             return error
         try:
             sync_request = parse_sync_request(payload)
         except ValidationError as exc:
             return _error(422, exc.detail)
+        if (refusal := trainer_refused(sync_request)) is not None:
+            return refusal
         try:
-            result = await supervisor_of(app).run_sync(sync_request)
+            result = await supervisor_of(app).run_sync(sync_request, size)
         except AdmissionError as exc:
             return refused(exc)
-        return _json(result.to_json(), 200)
+        return Response(encode_result(result), status=200, content_type="application/json")
 
     @app.get("/health")
     async def health() -> Response:
-        return _json(supervisor_of(app).health(), 200)
+        """``200`` while the engine runs (also while draining), ``503`` once it failed."""
+        supervisor = supervisor_of(app)
+        return _json(supervisor.health(), 503 if supervisor.failed.is_set() else 200)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if exc.code == 413:  # refused before the body was read
+            return _refused_early(413, exc.description or exc.name)
         return _error(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
@@ -167,3 +225,22 @@ def create_app(
         return _error(500, "internal server error")
 
     return app
+
+
+def _policed_transport(policy: TrainerPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport, with a connection pool whose network backend applies ``policy``
+    to every address it connects to (:class:`~rollout._policy.PolicyBackend`).
+
+    httpx has no public hook for a network backend, so the pool is built as
+    ``AsyncHTTPTransport`` builds it (httpx 0.28) and put in its place; a test checks that
+    the policy holds at connect time, so a change of httpx cannot silently drop it.
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=transport._pool._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=PolicyBackend(policy),
+    )
+    return transport

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from .agent import Agent
 from .config import ServerConfig
+from .errors import RolloutError
 from .serve import serve
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
@@ -130,6 +131,23 @@ def main() -> None:
     " from after a restart. An empty value keeps them in memory only.",
 )
 @click.option(
+    "--allow-trainer",
+    "allow_trainers",
+    envvar="ROLLOUT_SERVER_ALLOW_TRAINER",
+    multiple=True,
+    show_envvar=True,
+    metavar="HOST[:PORT]|CIDR",
+    help="Trainers the server may connect to (repeatable; the environment variable takes a"
+    " space-separated list). Default: any, but link-local and cloud metadata addresses.",
+)
+@click.option(
+    "--max-response-bytes",
+    type=click.IntRange(1),
+    default=ServerConfig().max_response_bytes,
+    show_default=True,
+    help="Largest trainer answer read; a larger one fails its rollout.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -145,19 +163,30 @@ def serve_command(
     rollout_timeout: float,
     drain_timeout: float,
     outbox: Path,
+    allow_trainers: tuple[str, ...],
+    max_response_bytes: int,
     log_level: str,
 ) -> None:
-    """Serve an agent until SIGTERM or SIGINT, then drain gracefully."""
+    """Serve an agent until SIGTERM or SIGINT, then drain gracefully.
+
+    Before exposing the port beyond loopback, set --api-key and --allow-trainer (see
+    docs/SECURITY.md).
+    """
     _configure_logging(log_level)
     agent = load_agent(agent_ref)
-    config = ServerConfig(
-        api_key=api_key or None,
-        max_concurrent_rollouts=max_concurrent,
-        max_queued_rollouts=max_queued,
-        rollout_timeout=rollout_timeout,
-        drain_timeout=drain_timeout,
-        outbox_dir=outbox if str(outbox) not in ("", ".") else None,
-    )
+    try:
+        config = ServerConfig(
+            api_key=api_key or None,
+            max_concurrent_rollouts=max_concurrent,
+            max_queued_rollouts=max_queued,
+            rollout_timeout=rollout_timeout,
+            drain_timeout=drain_timeout,
+            outbox_dir=outbox if str(outbox) not in ("", ".") else None,
+            allow_trainers=allow_trainers,
+            max_response_bytes=max_response_bytes,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-trainer") from None
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -174,10 +203,15 @@ def serve_command(
     try:
         trio.run(run)
     except BaseExceptionGroup as group:  # raised through Trio nurseries
+        ours, _ = group.split(RolloutError)
+        if ours is not None:
+            raise click.ClickException(str(_leaf(ours))) from None
         matched, _ = group.split(OSError)
         if matched is None:
             raise
         raise click.ClickException(f"cannot listen on {host}:{port}: {_leaf(matched)}") from None
+    except RolloutError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
 

@@ -6,11 +6,13 @@ environment variables; tests build it directly with small timeouts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ._policy import TrainerPolicy
 from .trainer import RetryPolicy
 
 __all__ = ["ServerConfig"]
@@ -19,6 +21,14 @@ __all__ = ["ServerConfig"]
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _entries(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _valid_allow_list(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    TrainerPolicy.from_entries(value)  # raises ValueError naming the entry
 
 
 @attrs.frozen
@@ -39,6 +49,17 @@ class ServerConfig:
     - ``outbox_dir``: where results wait on disk until acknowledged (:mod:`rollout.outbox`);
       ``None`` keeps them in memory only, so a stopped process loses undelivered ones.
     - ``max_body_bytes``: largest init body (``413`` beyond).
+    - ``max_admitted_bytes``: init bytes of all rollouts queued or running together; an init
+      that would pass it is refused with ``429`` (next to the count budget above).
+    - ``max_undelivered_results`` / ``max_undelivered_bytes``: results waiting for their
+      acknowledgement (in memory, and in the outbox). They do not count against the
+      running/queued budget, so a dead trainer cannot starve the others; past either bound
+      new inits get ``429`` until deliveries catch up.
+    - ``max_response_bytes``: largest trainer answer read (decoded); a larger one fails its
+      rollout with a clear error and is never read whole.
+    - ``allow_trainers``: the trainer allow-list (``HOST``, ``HOST:PORT`` or a CIDR, see
+      :mod:`rollout._policy`); empty allows any trainer but link-local and metadata
+      addresses, which are always refused unless listed.
     - ``max_tool_threads``: worker threads for sync tools, across all rollouts.
     - ``max_connections``: the pooled HTTP client's connection limit towards trainers.
     - ``max_keepalive_connections``: idle connections it keeps open. Small on purpose:
@@ -58,6 +79,13 @@ class ServerConfig:
     idempotency_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     outbox_dir: Path | None = None
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    max_admitted_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
+    max_undelivered_results: int = attrs.field(default=4096, validator=_positive)
+    max_undelivered_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
+    max_response_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    allow_trainers: tuple[str, ...] = attrs.field(
+        default=(), converter=_entries, validator=_valid_allow_list
+    )
     max_tool_threads: int = attrs.field(default=16, validator=_positive)
     max_connections: int = attrs.field(default=256, validator=_positive)
     max_keepalive_connections: int = attrs.field(default=16, validator=attrs.validators.ge(0))
@@ -68,6 +96,11 @@ class ServerConfig:
     delivery_retry: RetryPolicy = RetryPolicy(
         attempts=None, timeout=600.0, request_timeout=30.0, wait_initial=0.5, wait_max=30.0
     )
+
+    @property
+    def trainer_policy(self) -> TrainerPolicy:
+        """:attr:`allow_trainers`, parsed."""
+        return TrainerPolicy.from_entries(self.allow_trainers)
 
     @property
     def shutdown_budget(self) -> float:

@@ -6,11 +6,17 @@ Hierarchy::
     ├── TrainerError                 the trainer failed a request (no retry left)
     │   ├── TrainerHTTPError         it answered a non-2xx status
     │   ├── TrainerTransportError    connect/read/write failed or timed out
-    │   └── MalformedCompletionError it answered 2xx with a body that is not a completion
+    │   ├── MalformedCompletionError it answered 2xx with a body that is not a completion
+    │   └── TrainerExchangeError     the exchange failed otherwise (too large, undecodable, ...)
+    │       └── TrainerNotAllowedError  the trainer's address is refused (PROTOCOL.md §1)
+    ├── EngineFailure                the rollout engine stopped (a bug), the server exits
     ├── AgentError                   agent code broke a protocol rule (e.g. unanswered tool calls)
     └── ToolError                    raised *by a tool* to send the model an error text
 
 Error messages never contain the trainer's ``api_key``: it only ever travels in headers.
+A trainer error's message never quotes the trainer's answer either; a short, cleaned
+excerpt of it is kept apart in :attr:`TrainerError.body`, for results that go back to that
+same trainer only (PROTOCOL.md §2, "Our rule").
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ class RolloutError(Exception):
 
 
 class TrainerError(RolloutError):
-    """The trainer failed a request, after the retries it was allowed (PROTOCOL.md §2)."""
+    """The trainer failed a request, after the retries it was allowed (PROTOCOL.md §2).
+
+    ``body``: an excerpt of the trainer's answer (at most a few hundred characters,
+    control characters removed), or None.
+    """
+
+    def __init__(self, message: str, *, body: str | None = None) -> None:
+        super().__init__(message)
+        self.body = body
 
 
 class TrainerHTTPError(TrainerError):
@@ -31,8 +45,15 @@ class TrainerHTTPError(TrainerError):
     when it sent a numeric one.
     """
 
-    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message, body=body)
         self.status = status
         self.retry_after = retry_after
 
@@ -50,9 +71,24 @@ class MalformedCompletionError(TrainerError):
     """The trainer answered 2xx, but the body is not a usable chat completion."""
 
 
+class TrainerExchangeError(TrainerError):
+    """The exchange failed in a way a retry cannot mend: the answer was larger than the
+    configured cap, could not be decoded, or the request could not be sent at all."""
+
+
+class TrainerNotAllowedError(TrainerExchangeError):
+    """The trainer's address is refused by the server's trainer policy (PROTOCOL.md §1)."""
+
+
 class AgentError(RolloutError):
     """Agent code broke a protocol rule, e.g. a chat request before every tool call was
     answered (PROTOCOL.md §3 rule 2). Ends the rollout with ``finish_reason`` "error"."""
+
+
+class EngineFailure(RolloutError):
+    """The rollout engine itself stopped: a bug, since every rollout's own failure becomes
+    its result. ``/health`` then answers ``503`` with status "failed", inits get ``503``,
+    and :func:`~rollout.serve` raises this after stopping, so the process exits non-zero."""
 
 
 class ToolError(RolloutError):

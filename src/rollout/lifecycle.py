@@ -26,18 +26,20 @@ trajectory so far and real metrics.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 
+from . import _json
 from .agent import Agent, RolloutContext, Trajectory
 from .errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
-from .protocol import FinishReason, InitRequest, RolloutResult, Status
+from .protocol import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
 from .trainer import CHAT_PATH, TrainerClient
 
-__all__ = ["RunControl", "run_rollout"]
+__all__ = ["RunControl", "encode_result", "internal_error_result", "run_rollout"]
 
 log = logging.getLogger("rollout.lifecycle")
 
@@ -47,12 +49,15 @@ class RunControl:
     """The handle the supervisor keeps on one running rollout.
 
     ``scope`` bounds the whole run with the wall-clock deadline; :meth:`shut_down` cancels it
-    with the reason "shutdown" instead of "timeout".
+    with the reason "shutdown" instead of "timeout". ``echo_trainer_body``: whether an
+    error message may quote the trainer's answer (only when the result goes back to that
+    trainer, PROTOCOL.md §2 "Our rule").
     """
 
     scope: trio.CancelScope
     timeout: float
     shutting_down: bool = False
+    echo_trainer_body: bool = True
 
     def shut_down(self) -> None:
         self.shutting_down = True
@@ -105,9 +110,11 @@ async def run_rollout(
                     reward = await agent.score(trajectory)
                 except Exception as exc:
                     raise _RewardFailed(exc) from exc
+                if reward is not None and not math.isfinite(reward):
+                    raise _RewardFailed(ValueError(f"the reward {reward} is not a finite number"))
                 status = Status.COMPLETED
         except TrainerError as exc:
-            error = _describe_trainer_error(exc)
+            error = _describe_trainer_error(exc, echo_body=control.echo_trainer_body)
         except AgentError as exc:
             error = f"agent error: {exc}"
         except _RewardFailed as exc:
@@ -126,8 +133,10 @@ async def run_rollout(
         else:
             finish = FinishReason.TIMEOUT
             error = f"the rollout exceeded its deadline of {control.timeout:g} s"
-    if status is Status.ERROR and finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN):
-        finish = FinishReason.ERROR
+    if status is Status.ERROR:
+        reward = None  # an infrastructure or agent failure is never scored
+        if finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN):
+            finish = FinishReason.ERROR
     return RolloutResult(
         rollout_id=request.rollout_id,
         status=status,
@@ -139,15 +148,50 @@ async def run_rollout(
     )
 
 
-def _describe_trainer_error(exc: TrainerError) -> str:
-    """The error_message for a trainer failure, with the prefixes of seed 000's synchronous
+def _describe_trainer_error(exc: TrainerError, *, echo_body: bool) -> str:
+    """The error_message for a trainer failure, with the prefixes of the synchronous
     variant (PROTOCOL.md §1): "Network error: ..." when the trainer never answered,
-    "Trainer HTTP error: <code>: ..." for a status, "trainer error: ..." otherwise."""
+    "Trainer HTTP error: <code>: ..." for a status, "trainer error: ..." otherwise; then
+    the excerpt of the trainer's answer, when ``echo_body``."""
+    body = f": {exc.body}" if echo_body and exc.body else ""
     if isinstance(exc, TrainerTransportError):
-        return f"Network error: {exc}"
+        return f"Network error: {exc}{body}"
     if isinstance(exc, TrainerHTTPError):
-        return f"Trainer HTTP error: {exc.status}: {exc}"
-    return f"trainer error: {exc}"
+        return f"Trainer HTTP error: {exc.status}: {exc}{body}"
+    return f"trainer error: {exc}{body}"
+
+
+def internal_error_result(request: InitRequest, exc: BaseException) -> RolloutResult:
+    """The result of a rollout that an internal error (a bug of this server) ended."""
+    return RolloutResult(
+        rollout_id=request.rollout_id,
+        status=Status.ERROR,
+        final_messages=request.messages,
+        finish_reason=FinishReason.ERROR,
+        metrics=Metrics(),
+        error_message=f"internal error of the rollout server: {_describe(exc)}",
+    )
+
+
+def encode_result(result: RolloutResult) -> bytes:
+    """The body of ``POST {server_url}/v1/rollout/completed``, strict UTF-8 JSON.
+
+    Every result gets a body: when agent code put something in the history that JSON cannot
+    carry, the result becomes an ``ERROR`` that says so, without the trajectory.
+    """
+    try:
+        return _json.dumps(result.to_json())
+    except _json.JSONError as exc:
+        fallback = attrs.evolve(
+            result,
+            status=Status.ERROR,
+            finish_reason=FinishReason.ERROR,
+            final_messages=(),
+            reward=None,
+            extra_fields=JSONObject({}),
+            error_message=f"the result could not be encoded as JSON ({exc}); trajectory left out",
+        )
+        return _json.dumps(fallback.to_json())
 
 
 class _RewardFailed(Exception):

@@ -21,12 +21,14 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NewType, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import cattrs
+import httpx
 from attrs import field, frozen
 from cattrs.errors import (
     AttributeValidationNote,
@@ -60,6 +62,10 @@ __all__ = [
 MAX_METADATA_BYTES = 1024 * 1024
 #: Longest ``rollout_id`` / ``idempotency_key`` (PROTOCOL.md §1).
 MAX_ID_CHARS = 256
+#: Longest ``api_key`` (PROTOCOL.md §1, "Our rule").
+MAX_API_KEY_CHARS = 4096
+#: Longest ``server_url`` (PROTOCOL.md §1, "Our rule").
+MAX_URL_CHARS = 2048
 #: Roles of the OpenAI chat format that a message may carry.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -191,6 +197,10 @@ def _check_id(name: str, value: str) -> None:
         raise FieldError(
             f"must be at most {MAX_ID_CHARS} characters", "string_too_long", field=name
         )
+    if not value.isprintable():
+        raise FieldError(
+            "must not hold control or other non-printable characters", "string_pattern", field=name
+        )
 
 
 def _validate_rollout_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -204,12 +214,51 @@ def _validate_idempotency_key(
         _check_id(attribute.name, value)
 
 
-def _normalize_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _validate_api_key(_: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    """The key travels as ``Authorization: Bearer <key>``: visible ASCII only (no space, CR,
+    LF or non-ASCII, which no header can carry), at most ``MAX_API_KEY_CHARS``."""
+    if value is None:
+        return
+    if len(value) > MAX_API_KEY_CHARS:
         raise FieldError(
-            "must be an http or https URL with a host", "url_parsing", field="server_url"
+            f"must be at most {MAX_API_KEY_CHARS} characters", "string_too_long", field="api_key"
         )
+    if not value or not _HEADER_TOKEN.fullmatch(value):
+        raise FieldError(
+            "must be visible ASCII without spaces (it is sent in an HTTP header)",
+            "string_pattern",
+            field="api_key",
+        )
+
+
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _normalize_url(value: str) -> str:
+    """Check ``server_url`` as the HTTP client will use it, so that no URL accepted here
+    fails later (PROTOCOL.md §1, "Our rule"): visible ASCII (international host names in
+    punycode), ``http``/``https``, a host, a valid port, no fragment. A trailing ``/`` of the
+    path is dropped; user info and a query are kept (and redacted in logs)."""
+
+    def refuse(why: str) -> FieldError:
+        return FieldError(f"must be an http or https URL {why}", "url_parsing", field="server_url")
+
+    if len(value) > MAX_URL_CHARS:
+        raise refuse(f"of at most {MAX_URL_CHARS} characters")
+    if not _HEADER_TOKEN.fullmatch(value):
+        raise refuse("of visible ASCII characters (no spaces; host names in punycode)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+        url = httpx.URL(value)
+    except (ValueError, httpx.InvalidURL):
+        raise refuse("that parses") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not url.host:
+        raise refuse("with a host")
+    if port == 0 or parts.fragment or "#" in value:
+        raise refuse("with a port from 1 to 65535 and no fragment")
+    if parts.query:
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
     return value.rstrip("/")
 
 
@@ -271,7 +320,7 @@ class InitRequest:
     max_turns: int = field(default=10, validator=_at_least_one)
     max_tokens_total: int = field(default=8192, validator=_at_least_one)
     metadata: JSONObject = field(factory=lambda: JSONObject({}), validator=_validate_metadata)
-    api_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False, validator=_validate_api_key)
     idempotency_key: str | None = field(default=None, validator=_validate_idempotency_key)
 
     @property

@@ -27,6 +27,8 @@ import trio
 from .agent import Agent
 from .app import create_app, supervisor_of
 from .config import ServerConfig
+from .errors import EngineFailure
+from .outbox import Outbox
 from .supervisor import Supervisor
 
 __all__ = ["serve"]
@@ -48,7 +50,14 @@ async def serve(
 
     Reports the bound port (an int; useful with ``port=0``) through ``task_status`` once the
     server listens and the supervisor runs, so ``port = await nursery.start(serve, ...)``.
+
+    Raises :class:`~rollout.outbox.OutboxError` before listening when the outbox directory
+    is open to other users, and :class:`~rollout.errors.EngineFailure` after stopping
+    when the rollout engine itself failed (a bug), so the process exits non-zero instead of
+    answering ``503`` forever.
     """
+    if config.outbox_dir is not None:
+        Outbox(config.outbox_dir).check_private()
     app = create_app(agent, config)
     hconfig = hypercorn.config.Config()
     hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -66,8 +75,18 @@ async def serve(
                 return
 
         async def drain_then_stop() -> None:
-            await (shutdown_trigger or next_signal)()
             supervisor = supervisor_of(app)
+            async with trio.open_nursery() as nursery:
+
+                async def stop_when(event: Callable[[], Awaitable[object]]) -> None:
+                    await event()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_when, shutdown_trigger or next_signal)
+                nursery.start_soon(stop_when, supervisor.failed.wait)
+            if supervisor.failed.is_set():
+                log.critical("the rollout engine stopped: shutting down")
+                return
             async with trio.open_nursery() as nursery:
                 if shutdown_trigger is None:
                     nursery.start_soon(hurry_on_second_signal, supervisor)
@@ -84,6 +103,9 @@ async def serve(
                 partial(hypercorn.trio.serve, app, hconfig, shutdown_trigger=drain_then_stop)
             )
             task_status.started(_port(binds[0]))
+    supervisor = supervisor_of(app)
+    if supervisor.failed.is_set():
+        raise EngineFailure(f"the rollout engine stopped: {_describe(supervisor.failure)}")
 
 
 def _port(bind: str) -> int:
@@ -91,3 +113,9 @@ def _port(bind: str) -> int:
     if port is None:
         raise RuntimeError(f"Hypercorn reported a bind without a port: {bind}")
     return port
+
+
+def _describe(exc: BaseException | None) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return "unknown" if exc is None else f"{type(exc).__name__}: {exc}"

@@ -3,14 +3,16 @@
 One :class:`TrainerClient` wraps one long-lived, pooled :class:`httpx.AsyncClient` shared by
 every rollout (the reference opened a client per rollout). Retries use :mod:`stamina`:
 capped exponential backoff with jitter, on 5xx/408/429, timeouts and transport errors, never
-on other 4xx (PROTOCOL.md §2). A ``Retry-After`` header (seconds) replaces the computed
+on other 4xx or anything else (PROTOCOL.md §2). Every failure, whatever the HTTP stack
+raised, is a :class:`~rollout.errors.TrainerError`: nothing a trainer answers can escape
+a rollout. A ``Retry-After`` header (seconds) replaces the computed
 backoff. Chat retries never go past the caller's Trio deadline: the retry budget is the
 time left in the enclosing cancel scope.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -21,16 +23,19 @@ import httpx
 import stamina
 import trio
 
+from . import _json
 from ._json import JSON
 from .errors import (
+    AgentError,
     MalformedCompletionError,
     TrainerError,
+    TrainerExchangeError,
     TrainerHTTPError,
     TrainerTransportError,
 )
 from .protocol import Completion, RolloutResult, ValidationError, parse_completion
 
-__all__ = ["RetryPolicy", "TrainerClient"]
+__all__ = ["RetryPolicy", "TrainerClient", "endpoint", "redact_url"]
 
 log = logging.getLogger("rollout.trainer")
 
@@ -38,8 +43,10 @@ CHAT_PATH = "/v1/chat/completions"
 #: Where seed 000's synchronous variant sends LLM turns (the same chat body).
 SYNC_COMPLETIONS_PATH = "/v1/completions"
 COMPLETED_PATH = "/v1/rollout/completed"
-#: How much of an error body goes into an error message.
-_BODY_SNIPPET_CHARS = 300
+#: How much of a trainer's answer an error keeps (:attr:`TrainerError.body`).
+_BODY_EXCERPT_CHARS = 300
+#: How much of an acknowledgement's body is read (and dropped) to keep its connection.
+_DISCARD_BYTES = 64 * 1024
 
 
 @attrs.frozen
@@ -60,7 +67,9 @@ class RetryPolicy:
 
 
 def _retry_hook(exc: Exception) -> bool | float:
-    """stamina's ``on=`` hook: retry or not, and a ``Retry-After`` that overrides the wait."""
+    """stamina's ``on=`` hook: retry or not, and a ``Retry-After`` that overrides the wait.
+
+    Transport errors and 5xx/408/429 are retried; nothing else (PROTOCOL.md §2)."""
     if isinstance(exc, TrainerTransportError):
         return True
     if isinstance(exc, TrainerHTTPError) and exc.retryable:
@@ -77,15 +86,45 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
-def redact_url(url: str) -> str:
-    """``url`` without user info, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+def redact_url(url: str | httpx.URL) -> str:
+    """``url`` without user info and with its query replaced by ``***``, for logs and error
+    messages (a token may hide in either)."""
+    parts = urlsplit(str(url))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
+
+
+def endpoint(server_url: str, path: str) -> str:
+    """``path`` appended to ``server_url``'s path, before its query, if any."""
+    parts = urlsplit(server_url)
+    if not parts.query:
+        return server_url + path
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+
+
+def _excerpt(raw: bytes) -> str:
+    """A short one-line excerpt of a trainer's answer: control characters dropped."""
+    text = raw[: _BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(text.split())[:_BODY_EXCERPT_CHARS]
+
+
+class RedactURLs(logging.Filter):
+    """Redacts every URL argument of a log record (:func:`redact_url`): httpx logs each
+    request's full URL, which may carry a token in its query or user info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(
+                redact_url(a) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, RedactURLs) for f in logger.filters):
+        logger.addFilter(RedactURLs())
 
 
 class TrainerClient:
@@ -93,15 +132,25 @@ class TrainerClient:
     ``POST {server_url}/v1/rollout/completed``.
 
     ``http`` is owned by the caller, who closes it after the last request (the app does so
-    only after every rollout was drained, see :mod:`rollout.app`).
+    only after every rollout was drained, see :mod:`rollout.app`). Every answer is read as a
+    stream and abandoned past ``max_response_bytes`` (decoded bytes), so one trainer cannot
+    exhaust the server's memory. Every failure of an exchange is a
+    :class:`~rollout.errors.TrainerError`, whatever the HTTP stack raised.
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, *, chat: RetryPolicy, delivery: RetryPolicy
+        self,
+        http: httpx.AsyncClient,
+        *,
+        chat: RetryPolicy,
+        delivery: RetryPolicy,
+        max_response_bytes: int = 8 * 1024 * 1024,
     ) -> None:
+        _redact_httpx_logs()
         self.http = http
         self.chat_policy = chat
         self.delivery_policy = delivery
+        self.max_response_bytes = max_response_bytes
 
     async def chat(
         self,
@@ -115,23 +164,26 @@ class TrainerClient:
 
         Retries per :attr:`chat_policy` within the time left before the current Trio
         deadline. Raises :class:`~rollout.errors.TrainerHTTPError` (final status),
-        :class:`~rollout.errors.TrainerTransportError` (no answer) or
+        :class:`~rollout.errors.TrainerTransportError` (no answer),
         :class:`~rollout.errors.MalformedCompletionError` (a 2xx that is not a completion;
-        not retried: the trainer already generated it).
+        not retried: the trainer already generated it),
+        :class:`~rollout.errors.TrainerExchangeError` (too large, undecodable, refused
+        address) and :class:`~rollout.errors.AgentError` when the agent's history cannot be
+        encoded as strict JSON.
         """
-        url = server_url + path
-        response = await self._post(url, body, api_key, self.chat_policy)
+        url = endpoint(server_url, path)
         try:
-            return parse_completion(response.json())
-        except ValueError as exc:  # ValidationError, or a body that is not JSON at all
-            reason = (
-                exc
-                if isinstance(exc, ValidationError)
-                else f"not JSON: {response.text[:_BODY_SNIPPET_CHARS]!r}"
-            )
+            content = _json.dumps(body)
+        except _json.JSONError as exc:
+            raise AgentError(f"the chat request cannot be sent as JSON: {exc}") from None
+        raw = await self._post(url, content, api_key, self.chat_policy, read=True)
+        try:
+            return parse_completion(_json.loads(raw))
+        except ValueError as exc:  # ValidationError, or a body that is not strict JSON
+            reason = exc if isinstance(exc, ValidationError) else f"not JSON ({exc})"
             raise MalformedCompletionError(
-                f"POST {redact_url(url)} answered HTTP {response.status_code}"
-                f" with a malformed chat completion: {reason}"
+                f"POST {redact_url(url)} answered with a malformed chat completion: {reason}",
+                body=_excerpt(raw),
             ) from None
 
     async def deliver(self, server_url: str, result: RolloutResult, *, api_key: str | None) -> None:
@@ -141,21 +193,19 @@ class TrainerClient:
         a delivery failure never rewrites it. Raises :class:`~rollout.errors.TrainerError`
         when it could not be delivered.
         """
-        await self.deliver_json(server_url, result.to_json(), api_key=api_key)
+        await self.deliver_bytes(server_url, _json.dumps(result.to_json()), api_key=api_key)
 
-    async def deliver_json(
-        self, server_url: str, body: Mapping[str, JSON], *, api_key: str | None
-    ) -> None:
-        """:meth:`deliver` for a result already in its wire JSON (e.g. from the outbox)."""
-        await self._post(server_url + COMPLETED_PATH, body, api_key, self.delivery_policy)
+    async def deliver_bytes(self, server_url: str, content: bytes, *, api_key: str | None) -> None:
+        """:meth:`deliver` for a result already encoded (e.g. from the outbox)."""
+        url = endpoint(server_url, COMPLETED_PATH)
+        await self._post(url, content, api_key, self.delivery_policy, read=False)
 
     async def _post(
-        self, url: str, body: Mapping[str, JSON], api_key: str | None, policy: RetryPolicy
-    ) -> httpx.Response:
+        self, url: str, content: bytes, api_key: str | None, policy: RetryPolicy, *, read: bool
+    ) -> bytes:
         headers = {"content-type": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         attempt_number = 0
         try:
             async for attempt in stamina.retry_context(
@@ -168,7 +218,9 @@ class TrainerClient:
             ):
                 with attempt:
                     attempt_number = attempt.num
-                    return await self._post_once(url, content, headers, policy.request_timeout)
+                    return await self._post_once(
+                        url, content, headers, policy.request_timeout, read=read
+                    )
         except TrainerError as exc:
             if attempt_number > 1:
                 exc.args = (f"{exc.args[0]} (after {attempt_number} attempts)",)
@@ -176,25 +228,93 @@ class TrainerClient:
         raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
 
     async def _post_once(
-        self, url: str, content: bytes, headers: dict[str, str], request_timeout: float
-    ) -> httpx.Response:
+        self,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        request_timeout: float,
+        *,
+        read: bool,
+    ) -> bytes:
+        """One attempt. Maps *every* failure to a :class:`~rollout.errors.TrainerError`:
+        what httpx calls a transport error is retried, anything else is not."""
         where = f"POST {redact_url(url)}"
         try:
-            response = await self.http.post(
-                url, content=content, headers=headers, timeout=request_timeout
-            )
+            async with self.http.stream(
+                "POST", url, content=content, headers=headers, timeout=request_timeout
+            ) as response:
+                if not response.is_success:
+                    raise TrainerHTTPError(
+                        f"{where} answered HTTP {response.status_code}",
+                        status=response.status_code,
+                        retry_after=_retry_after(response),
+                        body=_excerpt(await self._excerpt_of(response)),
+                    )
+                if not read:  # an acknowledgement: its body does not matter
+                    with contextlib.suppress(httpx.HTTPError):
+                        await self._read(response, _DISCARD_BYTES, where)
+                    return b""
+                return await self._read(response, self.max_response_bytes, where)
+        except TrainerError:
+            raise
         except httpx.TimeoutException as exc:
             raise TrainerTransportError(f"{where} timed out ({type(exc).__name__})") from None
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
+            raise TrainerExchangeError(
+                f"{where} could not be sent: {_scrub(exc, headers)}"
+            ) from None
         except httpx.TransportError as exc:
-            raise TrainerTransportError(f"{where} failed: {type(exc).__name__}: {exc}") from None
-        if not response.is_success:
-            snippet = response.text[:_BODY_SNIPPET_CHARS]
-            raise TrainerHTTPError(
-                f"{where} answered HTTP {response.status_code}: {snippet}",
-                status=response.status_code,
-                retry_after=_retry_after(response),
+            raise TrainerTransportError(
+                f"{where} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
+            ) from None
+        except Exception as exc:  # decoding, invalid URL, anything else: never escapes
+            raise TrainerExchangeError(
+                f"{where} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
+            ) from None
+
+    async def _read(self, response: httpx.Response, limit: int, where: str) -> bytes:
+        """The decoded body, or :class:`~rollout.errors.TrainerExchangeError` past ``limit``
+        bytes (stops reading there: the rest never reaches memory)."""
+        declared = response.headers.get("content-length", "")
+        if (
+            declared.isdigit()
+            and int(declared) > limit
+            and "content-encoding" not in response.headers
+        ):
+            raise TrainerExchangeError(
+                f"{where} answered {int(declared)} bytes; the limit is {limit} bytes"
             )
-        return response
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise TrainerExchangeError(
+                    f"{where} answered more than {limit} bytes (the limit); not read further"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _excerpt_of(self, response: httpx.Response) -> bytes:
+        """The start of an error answer, for :attr:`~rollout.errors.TrainerError.body`."""
+        try:
+            excerpt = b""
+            async for chunk in response.aiter_bytes():
+                excerpt += chunk
+                if len(excerpt) >= _BODY_EXCERPT_CHARS * 4:
+                    break
+            return excerpt
+        except httpx.HTTPError:
+            return b""
+
+
+def _scrub(exc: BaseException, headers: Mapping[str, str]) -> str:
+    """``exc``'s message without the Authorization header's value, in one line."""
+    text = " ".join(str(exc).split())
+    secret = headers.get("authorization")
+    if secret:
+        text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
+    return text[:500]
 
 
 def _time_left(timeout: float | None) -> float | None:

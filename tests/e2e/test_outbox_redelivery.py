@@ -3,6 +3,7 @@ the same outbox, and a re-sent init for them starts no second run (PROTOCOL.md Â
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
@@ -18,19 +19,35 @@ SHORT_DELIVERY = RetryPolicy(
 
 
 def _files(outbox: Path) -> list[Path]:
-    return sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    """The results waiting in ``outbox`` (not the records of delivered rollouts)."""
+    files = sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    return [path for path in files if "delivered" not in json.loads(path.read_bytes())]
 
 
-async def test_an_acknowledged_result_leaves_nothing_behind(
+def _any_file_holds(directory: Path, secret: bytes) -> bool:
+    return any(secret in path.read_bytes() for path in directory.iterdir())
+
+
+def _delivered(outbox: Path) -> list[dict[str, object]]:
+    files = sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    records = [json.loads(path.read_bytes()) for path in files]
+    return [record["delivered"] for record in records if "delivered" in record]
+
+
+async def test_an_acknowledged_result_leaves_only_a_record_without_secrets(
     start_server: StartServer, trainer: Trainer, tmp_path: Path
 ) -> None:
     server = await start_server(outbox_dir=tmp_path)
-    assert (await server.init(init_body(trainer))).status_code == 202
+    body = init_body(trainer, api_key="sk-secret-1")
+    assert (await server.init(body)).status_code == 202
     assert (await trainer.mock.wait_result("r-1", timeout=30.0))["status"] == "COMPLETED"
 
     with trio.fail_after(10):
-        while _files(tmp_path):  # removed right after the 2xx  # noqa: ASYNC110
+        while _files(tmp_path):  # replaced right after the 2xx  # noqa: ASYNC110
             await trio.sleep(0.01)
+    (record,) = _delivered(tmp_path)
+    assert record["rollout_id"] == "r-1"
+    assert not _any_file_holds(tmp_path, b"sk-secret-1")
 
 
 async def test_an_undelivered_result_is_delivered_by_the_next_server(
@@ -81,4 +98,4 @@ async def test_a_result_cut_off_by_shutdown_is_kept(
         await server.shutdown()  # cancelled at once, its "shutdown" result never acknowledged
 
     (kept,) = _files(tmp_path)
-    assert '"finish_reason": "shutdown"' in kept.read_text()
+    assert json.loads(kept.read_bytes())["result"]["finish_reason"] == "shutdown"

@@ -244,10 +244,13 @@ async def test_reused_key_with_another_body_is_409(server: Server, trainer: Trai
 
     changed = await server.init(init_body(trainer, max_turns=3))
     assert changed.status_code == 409
-    assert "r-1" in changed.json()["detail"]
+    assert "rollout_id" in changed.json()["detail"]
     # The reference answered 202 with the OLD rollout_id here and never ran the new one.
-    other = await server.init(init_body(trainer, rollout_id="r-2", idempotency_key="r-1"))
+    keyed = await server.init(init_body(trainer, rollout_id="r-2", idempotency_key="k"))
+    assert keyed.status_code == 202
+    other = await server.init(init_body(trainer, rollout_id="r-3", idempotency_key="k"))
     assert other.status_code == 409
+    assert "r-2" not in other.text  # a 409 never reveals another rollout's id
 
 
 async def test_an_idempotency_key_makes_a_new_rollout_id_distinct(

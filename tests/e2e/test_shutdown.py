@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -144,7 +145,7 @@ async def test_a_second_signal_stops_at_once_and_keeps_the_result(
 
     assert returncode == 0
     (kept,) = _outbox_files(tmp_path)
-    assert '"finish_reason": "shutdown"' in kept.read_text()
+    assert json.loads(kept.read_bytes())["result"]["finish_reason"] == "shutdown"
 
 
 def _outbox_files(directory: Path) -> list[Path]:
