@@ -156,7 +156,12 @@ class TrainerPolicy:
         address = _address(host)
         if address is not None:
             return self.address_refusal(host, port, address)
-        if not self.restricted or self._named(host, port) or self.networks:
+        if not self.restricted or self._named(host, port):
+            return None
+        name = host.lower().rstrip(".")
+        if any(entry.host == name for entry in self.hosts):
+            return f"port {port} of host {host!r} is not in the trainer allow-list"
+        if self.networks:
             return None
         return f"host {host!r} is not in the trainer allow-list"
 
