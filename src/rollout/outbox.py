@@ -32,6 +32,7 @@ import attrs
 
 from . import _json
 from .errors import RolloutError
+from .protocol import check_api_key, check_server_url
 
 __all__ = ["Delivered", "Outbox", "OutboxError", "PendingResult"]
 
@@ -170,6 +171,9 @@ class Outbox:
 
 
 def _pending_from(data: Any) -> PendingResult:
+    """A pending result from a file's JSON; raises ValueError, KeyError or TypeError for a
+    file that an init could not have produced (the same checks as an init's fields), so a
+    poisoned file is set aside instead of failing every start."""
     result = data["result"]
     if not isinstance(result, dict):
         raise TypeError("result is not an object")
@@ -178,11 +182,16 @@ def _pending_from(data: Any) -> PendingResult:
         raise TypeError("rollout_id is not a string")
     # Files of earlier versions name the idempotency key (or the rollout_id) "key".
     key = data.get("idempotency_key", data.get("key"))
+    server_url, api_key = data["server_url"], data.get("api_key")
+    if not isinstance(server_url, str) or not isinstance(api_key, str | None):
+        raise TypeError("server_url or api_key is not a string")
+    check_server_url(server_url)
+    check_api_key(api_key)
     return PendingResult(
         rollout_id=rollout_id,
-        server_url=data["server_url"],
+        server_url=server_url,
         result=_json.dumps(result),
-        api_key=data.get("api_key"),
+        api_key=api_key,
         digest=data.get("digest", ""),
         idempotency_key=None if key == rollout_id else key,
     )

@@ -234,6 +234,17 @@ def _validate_api_key(_: Any, attribute: attrs.Attribute[str | None], value: str
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
+def check_server_url(value: str) -> str:
+    """``value`` normalized as a ``server_url`` (see :func:`_normalize_url`); raises
+    :class:`ValueError` with the reason when an init could not carry it."""
+    return _normalize_url(value)
+
+
+def check_api_key(value: str | None) -> None:
+    """Raise :class:`ValueError` when an init could not carry ``value`` as its api_key."""
+    _validate_api_key(None, None, value)  # type: ignore[arg-type]
+
+
 def _normalize_url(value: str) -> str:
     """Check ``server_url`` as the HTTP client will use it, so that no URL accepted here
     fails later (PROTOCOL.md §1, "Our rule"): visible ASCII (international host names in

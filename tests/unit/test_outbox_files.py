@@ -107,3 +107,22 @@ def test_a_directory_open_to_others_is_refused(tmp_path: Path) -> None:
     directory.chmod(0o700)
     Outbox(directory).check_private()
     Outbox(tmp_path / "absent").check_private()  # created private on first use
+
+
+def test_a_poisoned_file_is_set_aside_not_delivered_at_every_start(tmp_path: Path) -> None:
+    """A file an init could not have produced (written by an older version, or by hand)
+    must not fail every start on that directory."""
+    good = {"rollout_id": "r", "server_url": "http://t", "result": {"rollout_id": "r"}}
+    poisons = {
+        "url.json": {**good, "server_url": "http://127.0.0.1:80:80"},
+        "key.json": {**good, "api_key": "cl\u00e9"},
+        "crlf.json": {**good, "api_key": "k\r\nX: 1"},
+        "type.json": {**good, "server_url": 9000},
+    }
+    for name, data in poisons.items():
+        (tmp_path / name).write_text(json.dumps(data))
+
+    assert _load(Outbox(tmp_path)) == ([], [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        name.replace(".json", ".bad") for name in poisons
+    )
