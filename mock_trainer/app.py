@@ -1,8 +1,8 @@
 """The mock trainer: state, scripted faults, recording, and its Quart-Trio app.
 
-Endpoints (the trainer side of PROTOCOL.md §2):
+Endpoints (the trainer side of docs/PROTOCOL.md §4 and §5):
 
-- ``POST /v1/chat/completions`` (and ``/v1/completions``, where seed 000's synchronous
+- ``POST /v1/chat/completions`` (and ``/v1/completions``, where the synchronous
   variant sends the same body): answers with :func:`mock_trainer.model.respond`, shaped like
   the protocol's examples 04/06 (``usage``, ``token_ids``, ``logprobs``);
 - ``POST /v1/rollout/completed``: records a result, answers ``{"status": "ok"}``;
@@ -63,7 +63,7 @@ class MockTrainer:
     - ``chat_delay``: seconds added to every chat answer.
     - ``chat_faults`` / ``completed_faults``: consumed first-in first-out, one per request.
     - ``api_key``: when set, both callbacks need ``Authorization: Bearer <api_key>``
-      (PROTOCOL.md §3 rule 5) and get ``401`` without it; requests are recorded either way.
+      (docs/PROTOCOL.md §7.5) and get ``401`` without it; requests are recorded either way.
     """
 
     behaviour: Behaviour = "calculator"
@@ -175,7 +175,7 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
         return _json({"detail": "Invalid or missing API key"}, 401)
 
     @app.post("/v1/chat/completions")
-    @app.post("/v1/completions")  # seed 000's synchronous variant sends the same chat body
+    @app.post("/v1/completions")  # the synchronous variant sends the same chat body
     async def chat() -> Response:
         body, error = await read_json()
         if error is not None:

@@ -1,6 +1,6 @@
 """JSON values: strict decoding and encoding, and immutable copies.
 
-Strict JSON in, strict JSON out (PROTOCOL.md §1, "Our rule"): :func:`loads` is the one
+Strict JSON in, strict JSON out (docs/PROTOCOL.md §2.5): :func:`loads` is the one
 decoder for every body that comes from the network (inits, trainer answers) and
 :func:`dumps` the one encoder for every body that goes to it. Anything one could not
 send on is refused at the door, so a value accepted once can always be encoded later:
@@ -12,7 +12,7 @@ send on is refused at the door, so a value accepted once can always be encoded l
 
 Messages and metadata that arrive on the wire are kept as *frozen* JSON: dicts become
 read-only mappings and lists become tuples. That is what makes the append-only rule
-(PROTOCOL.md §3 rule 1) impossible to break from agent code: nothing reachable from an
+(docs/PROTOCOL.md §7.1) impossible to break from agent code: nothing reachable from an
 earlier message can be mutated. :func:`thaw` turns a frozen value back into plain JSON
 for the wire.
 """

@@ -1,4 +1,4 @@
-"""Which trainers the server may connect to (PROTOCOL.md §1, "Our rule": no SSRF).
+"""Which trainers the server may connect to (docs/PROTOCOL.md §8: no SSRF).
 
 Any caller of ``POST /v1/rollout/init`` chooses a ``server_url`` the server then POSTs to,
 with a Bearer header and a body of the caller's making. :class:`TrainerPolicy` bounds that

@@ -13,7 +13,7 @@ function. The loop is an ``async def loop(ctx: RolloutContext) -> None``; the de
 :class:`RolloutContext` is the only way agent code touches a rollout, and it keeps the
 protocol rules by construction:
 
-- the history is append-only (PROTOCOL.md §3 rule 1): :attr:`RolloutContext.messages` is
+- the history is append-only (docs/PROTOCOL.md §7.1): :attr:`RolloutContext.messages` is
   a tuple of frozen messages; assistant messages come only from :meth:`~RolloutContext.chat`;
 - every tool call is answered exactly once, right after its assistant message, before the
   next chat request (§3 rule 2): :meth:`~RolloutContext.chat` refuses to run otherwise;
@@ -233,15 +233,15 @@ class RolloutContext:
         assistant message.
 
         Raises :class:`~rollout.errors.AgentError` when tool calls of the previous assistant
-        message are unanswered (PROTOCOL.md §3 rule 2), and
+        message are unanswered (docs/PROTOCOL.md §7.2), and
         :class:`~rollout.errors.TrainerError` when the trainer fails after its retries.
         When a budget is spent it cancels :attr:`budget_scope` instead of sending
-        (PROTOCOL.md §3 rule 4).
+        (docs/PROTOCOL.md §7.4).
         """
         if self._unanswered:
             raise AgentError(
                 f"tool calls {', '.join(self._unanswered)} must be answered before the next chat"
-                " request (PROTOCOL.md §3 rule 2)"
+                " request (docs/PROTOCOL.md §7.2)"
             )
         if self.turns >= self.max_turns:
             await self._exhausted(FinishReason.MAX_TURNS)
@@ -271,7 +271,7 @@ class RolloutContext:
         """Run the tool calls of ``message`` (default: the last message) concurrently and
         append one tool message per call, in call order. Returns those tool messages.
 
-        Failed calls are answered with an error text (PROTOCOL.md §3 rule 2); this never
+        Failed calls are answered with an error text (docs/PROTOCOL.md §7.2); this never
         raises because of a tool. Raises :class:`~rollout.errors.AgentError` when
         ``message`` is not the last message of the history.
         """
@@ -307,7 +307,7 @@ class RolloutContext:
         from the model, via :meth:`chat`), for a tool message whose ``tool_call_id`` is not
         an unanswered call of the last assistant message, for any other message while
         tool calls are unanswered, and for a message that strict JSON cannot carry (NaN,
-        a lone surrogate: it could never be sent to the trainer, PROTOCOL.md §1).
+        a lone surrogate: it could never be sent to the trainer, docs/PROTOCOL.md §2.5).
         """
         try:
             _json.check(converter.unstructure(message))

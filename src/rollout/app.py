@@ -1,4 +1,4 @@
-"""The HTTP side: a Quart-Trio app with thin routes (PROTOCOL.md §1).
+"""The HTTP side: a Quart-Trio app with thin routes (docs/PROTOCOL.md §2, §3 and §6).
 
 ``POST /v1/rollout/init``: authenticate (before reading the body), check the content type,
 read at most ``max_body_bytes``, parse, admit, answer ``202``. ``POST /rollout`` (seed
@@ -8,10 +8,10 @@ with a 4xx status; a bug is a ``500`` with a generic message and the traceback i
 never in the response.
 
 The app owns the rollout :class:`~rollout.supervisor.Supervisor` and the one shared
-:class:`httpx.AsyncClient`. Order matters at shutdown (STACK.md): Quart-Trio cancels its
-background nursery ``BACKGROUND_TASK_SHUTDOWN_TIMEOUT`` seconds after shutdown starts, then
-runs ``after_serving``; so that timeout is set to the whole drain budget, ``after_serving``
-drains the supervisor first, and only then closes the HTTP client.
+:class:`httpx.AsyncClient`. Order matters at shutdown (docs/ARCHITECTURE.md, "Shutdown"):
+Quart-Trio cancels its background nursery ``BACKGROUND_TASK_SHUTDOWN_TIMEOUT`` seconds after
+shutdown starts, then runs ``after_serving``; so that timeout is set to the whole drain
+budget, ``after_serving`` drains the supervisor first, and only then closes the HTTP client.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def create_app(
 
     async def read_body() -> tuple[Any, int, Response | None]:
         """Authenticate (before reading the body), check the content type, decode strict
-        JSON (PROTOCOL.md §1, "Our rule"). Returns the value, the body's size in bytes, and
+        JSON (docs/PROTOCOL.md §2.3 and §2.5). Returns the value, the body's size in bytes, and
         the error answer if any."""
         if supervisor_of(app).failed.is_set():
             return None, 0, _refused_early(503, "the rollout engine stopped; shutting down")

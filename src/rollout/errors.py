@@ -8,7 +8,7 @@ Hierarchy::
     │   ├── TrainerTransportError    connect/read/write failed or timed out
     │   ├── MalformedCompletionError it answered 2xx with a body that is not a completion
     │   └── TrainerExchangeError     the exchange failed otherwise (too large, undecodable, ...)
-    │       └── TrainerNotAllowedError  the trainer's address is refused (PROTOCOL.md §1)
+    │       └── TrainerNotAllowedError  the trainer's address is refused (docs/PROTOCOL.md §8)
     ├── EngineFailure                the rollout engine stopped (a bug), the server exits
     ├── AgentError                   agent code broke a protocol rule (e.g. unanswered tool calls)
     └── ToolError                    raised *by a tool* to send the model an error text
@@ -16,7 +16,7 @@ Hierarchy::
 Error messages never contain the trainer's ``api_key``: it only ever travels in headers.
 A trainer error's message never quotes the trainer's answer either; a short, cleaned
 excerpt of it is kept apart in :attr:`TrainerError.body`, for results that go back to that
-same trainer only (PROTOCOL.md §2, "Our rule").
+same trainer only (docs/PROTOCOL.md §4.3).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class RolloutError(Exception):
 
 
 class TrainerError(RolloutError):
-    """The trainer failed a request, after the retries it was allowed (PROTOCOL.md §2).
+    """The trainer failed a request, after the retries it was allowed (docs/PROTOCOL.md §4.3).
 
     ``body``: an excerpt of the trainer's answer (at most a few hundred characters,
     control characters removed), or None.
@@ -59,7 +59,7 @@ class TrainerHTTPError(TrainerError):
 
     @property
     def retryable(self) -> bool:
-        """5xx, 408 and 429 are worth retrying; any other 4xx is final (PROTOCOL.md §2)."""
+        """5xx, 408 and 429 are worth retrying; any other 4xx is final (docs/PROTOCOL.md §4.3)."""
         return self.status >= 500 or self.status in (408, 429)
 
 
@@ -77,12 +77,12 @@ class TrainerExchangeError(TrainerError):
 
 
 class TrainerNotAllowedError(TrainerExchangeError):
-    """The trainer's address is refused by the server's trainer policy (PROTOCOL.md §1)."""
+    """The trainer's address is refused by the server's trainer policy (docs/PROTOCOL.md §8)."""
 
 
 class AgentError(RolloutError):
     """Agent code broke a protocol rule, e.g. a chat request before every tool call was
-    answered (PROTOCOL.md §3 rule 2). Ends the rollout with ``finish_reason`` "error"."""
+    answered (docs/PROTOCOL.md §7.2). Ends the rollout with ``finish_reason`` "error"."""
 
 
 class EngineFailure(RolloutError):

@@ -1,7 +1,7 @@
 """One rollout, from start to result: scopes, budgets, reward, and every way it can end.
 
 :func:`run_rollout` never raises for anything the trainer, the tools, the model or the agent
-did: every ending becomes a :class:`~rollout.protocol.RolloutResult` (PROTOCOL.md §3 rule 6).
+did: every ending becomes a :class:`~rollout.protocol.RolloutResult` (docs/PROTOCOL.md §7.6).
 The nesting of scopes is the whole design::
 
     with run_scope:                  # wall-clock deadline; the supervisor cancels it on shutdown
@@ -51,7 +51,7 @@ class RunControl:
     ``scope`` bounds the whole run with the wall-clock deadline; :meth:`shut_down` cancels it
     with the reason "shutdown" instead of "timeout". ``echo_trainer_body``: whether an
     error message may quote the trainer's answer (only when the result goes back to that
-    trainer, PROTOCOL.md §2 "Our rule").
+    trainer, docs/PROTOCOL.md §4.3).
     """
 
     scope: trio.CancelScope
@@ -81,7 +81,7 @@ async def run_rollout(
     ``slot()`` is entered before the agent starts (the supervisor's concurrency limit);
     ``started_at`` is the Trio time the rollout was accepted, from which the deadline and
     ``total_latency_ms`` are counted. ``chat_path`` is where LLM turns go under
-    ``server_url`` (seed 000's synchronous variant uses ``/v1/completions``).
+    ``server_url`` (the synchronous variant, docs/PROTOCOL.md §6, uses ``/v1/completions``).
     """
 
     async def send_chat(body: dict[str, object]) -> object:
@@ -150,7 +150,7 @@ async def run_rollout(
 
 def _describe_trainer_error(exc: TrainerError, *, echo_body: bool) -> str:
     """The error_message for a trainer failure, with the prefixes of the synchronous
-    variant (PROTOCOL.md §1): "Network error: ..." when the trainer never answered,
+    variant (docs/PROTOCOL.md §6): "Network error: ..." when the trainer never answered,
     "Trainer HTTP error: <code>: ..." for a status, "trainer error: ..." otherwise; then
     the excerpt of the trainer's answer, when ``echo_body``."""
     body = f": {exc.body}" if echo_body and exc.body else ""

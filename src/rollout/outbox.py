@@ -1,5 +1,5 @@
 """The outbox: results kept on disk until a trainer acknowledged them, and the record of
-what was delivered (PROTOCOL.md §2, "Our rule": a result that could not be delivered is kept
+what was delivered (docs/PROTOCOL.md §5.3: a result that could not be delivered is kept
 and delivered after restart; a re-sent init of a delivered rollout does not run it again).
 
 Write-ahead: the supervisor writes each result here *before* its first delivery attempt.

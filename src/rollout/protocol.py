@@ -3,9 +3,9 @@
 Every JSON body this server reads or writes is modelled here, as frozen attrs classes
 converted by the single cattrs converter :data:`converter`:
 
-- :class:`InitRequest` (``POST /v1/rollout/init``, PROTOCOL.md §1) and :class:`InitResponse`
+- :class:`InitRequest` (``POST /v1/rollout/init``, docs/PROTOCOL.md §2) and :class:`InitResponse`
   (its ``202`` body);
-- :class:`Message` / :class:`ToolCall` (OpenAI chat format, PROTOCOL.md §3);
+- :class:`Message` / :class:`ToolCall` (OpenAI chat format, docs/PROTOCOL.md §7);
 - :func:`chat_request` (the body of ``POST {server_url}/v1/chat/completions``, §2) and
   :class:`Completion` (what we read from its answer);
 - :class:`RolloutResult` / :class:`Metrics` (``POST {server_url}/v1/rollout/completed``, §2).
@@ -13,7 +13,8 @@ converted by the single cattrs converter :data:`converter`:
 Rules for incoming JSON: unknown fields are ignored (forward compatibility); a type mismatch
 is an error (the string ``"3"`` is not an integer, ``true`` is not a number). Validation
 failures raise :class:`ValidationError`, whose :attr:`~ValidationError.detail` is the
-FastAPI-style list the reference answers with in its ``422`` (``examples/08``).
+FastAPI-style list the reference answers with in its ``422``
+(``tests/fixtures/08_init_invalid_422.json``).
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ __all__ = [
     "parse_sync_request",
 ]
 
-#: Largest ``metadata`` accepted, as UTF-8 JSON (PROTOCOL.md §1).
+#: Largest ``metadata`` accepted, as UTF-8 JSON (docs/PROTOCOL.md §2.1).
 MAX_METADATA_BYTES = 1024 * 1024
-#: Longest ``rollout_id`` / ``idempotency_key`` (PROTOCOL.md §1).
+#: Longest ``rollout_id`` / ``idempotency_key`` (docs/PROTOCOL.md §2.1).
 MAX_ID_CHARS = 256
-#: Longest ``api_key`` (PROTOCOL.md §1, "Our rule").
+#: Longest ``api_key`` (docs/PROTOCOL.md §2.5).
 MAX_API_KEY_CHARS = 4096
-#: Longest ``server_url`` (PROTOCOL.md §1, "Our rule").
+#: Longest ``server_url`` (docs/PROTOCOL.md §2.5).
 MAX_URL_CHARS = 2048
 #: Roles of the OpenAI chat format that a message may carry.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -77,7 +78,7 @@ class ValidationError(ValueError):
     """A request body or a trainer answer that does not fit the protocol.
 
     ``detail`` is a list of ``{"type": str, "loc": [str | int, ...], "msg": str}``, the shape
-    of the reference's ``422`` body (PROTOCOL.md §1, ``examples/08``). The offending input is
+    of the reference's ``422`` body (docs/PROTOCOL.md §2.3). The offending input is
     deliberately *not* echoed: it may hold the trainer's ``api_key``.
     """
 
@@ -101,14 +102,14 @@ class FieldError(ValueError):
 
 
 class Status(enum.StrEnum):
-    """``status`` of a result (PROTOCOL.md §2)."""
+    """``status`` of a result (docs/PROTOCOL.md §5.2)."""
 
     COMPLETED = "COMPLETED"
     ERROR = "ERROR"
 
 
 class FinishReason(enum.StrEnum):
-    """Why a rollout ended: the result's ``finish_reason`` (PROTOCOL.md §2, "Our rule").
+    """Why a rollout ended: the result's ``finish_reason`` (docs/PROTOCOL.md §5.2).
 
     ``STOP``/``LENGTH``/``MAX_TURNS``/``MAX_TOKENS`` end a ``COMPLETED`` rollout (a budget is
     not a failure); the others end an ``ERROR`` one.
@@ -131,7 +132,7 @@ class ToolCall:
     """One entry of an assistant message's ``tool_calls``.
 
     ``arguments`` is the JSON text exactly as the model produced it: it may be malformed,
-    which the agent answers with an error tool message (PROTOCOL.md §3 rule 2).
+    which the agent answers with an error tool message (docs/PROTOCOL.md §7.2).
     ``extra`` keeps unknown keys so that the call goes back to the trainer unchanged.
     """
 
@@ -148,9 +149,9 @@ class Message:
 
     ``content`` is a string, ``None`` or a tuple of content parts. Keys this class does not
     model are kept in ``extra`` and sent back verbatim, so that echoing a message never
-    rewrites it (PROTOCOL.md §3 rule 1). On the wire ``content`` is always present (``null``
-    for a tool-calling assistant message, as in ``examples/05``); the other optional keys
-    are omitted when ``None``.
+    rewrites it (docs/PROTOCOL.md §7.1). On the wire ``content`` is always present (``null``
+    for a tool-calling assistant message, as in ``tests/fixtures/05_chat_request_turn2.json``);
+    the other optional keys are omitted when ``None``.
     """
 
     role: str
@@ -247,7 +248,7 @@ def check_api_key(value: str | None) -> None:
 
 def _normalize_url(value: str) -> str:
     """Check ``server_url`` as the HTTP client will use it, so that no URL accepted here
-    fails later (PROTOCOL.md §1, "Our rule"): visible ASCII (international host names in
+    fails later (docs/PROTOCOL.md §2.5): visible ASCII (international host names in
     punycode), ``http``/``https``, a host, a valid port, no fragment. A trailing ``/`` of the
     path is dropped; user info and a query are kept (and redacted in logs)."""
 
@@ -299,9 +300,9 @@ def _validate_metadata(_: Any, attribute: attrs.Attribute[Any], value: Mapping[s
 class CompletionParams:
     """Sampling params for the chat requests, from the init's ``completion_params``.
 
-    The five named keys get the reference's defaults (PROTOCOL.md §2); ``stop`` is kept as a
+    The five named keys get the reference's defaults (docs/PROTOCOL.md §4.1); ``stop`` is kept as a
     list. Every other key (``seed``, ``top_k``, penalties, ...) is kept in ``extra`` and sent
-    through unchanged (PROTOCOL.md §2, "Our rule").
+    through unchanged (docs/PROTOCOL.md §4.1).
     """
 
     temperature: float = 1.0
@@ -318,7 +319,7 @@ RESERVED_PARAMS = frozenset({"messages", "rollout_id", "tools"})
 
 @frozen
 class InitRequest:
-    """The body of ``POST /v1/rollout/init`` (PROTOCOL.md §1).
+    """The body of ``POST /v1/rollout/init`` (docs/PROTOCOL.md §2.1).
 
     ``api_key`` is a secret: it is left out of ``repr`` and never logged.
     """
@@ -336,7 +337,7 @@ class InitRequest:
 
     @property
     def key(self) -> str:
-        """The idempotency key: ``idempotency_key``, else ``rollout_id`` (PROTOCOL.md §1)."""
+        """The idempotency key: ``idempotency_key``, else ``rollout_id`` (docs/PROTOCOL.md §2.4)."""
         return self.idempotency_key or self.rollout_id
 
     def canonical_json(self) -> bytes:
@@ -396,13 +397,13 @@ def chat_request(
     params: CompletionParams,
     tools: Sequence[Mapping[str, JSON]],
 ) -> dict[str, JSON]:
-    """The JSON body of ``POST {server_url}/v1/chat/completions`` (PROTOCOL.md §2).
+    """The JSON body of ``POST {server_url}/v1/chat/completions`` (docs/PROTOCOL.md §4.1).
 
-    Keys as the reference sends them (``examples/03``): ``model`` ("default"), the full
-    ``messages`` history, ``rollout_id``, ``temperature``, ``top_p``, ``max_tokens``, ``stop``
-    (omitted when none) and ``logprobs``; then every other sampling key unchanged, then the
-    agent's ``tools`` (omitted when it has none). A ``model`` key in ``completion_params``
-    replaces "default".
+    Keys as the reference sends them (``tests/fixtures/03_chat_request_turn1.json``): ``model``
+    ("default"), the full ``messages`` history, ``rollout_id``, ``temperature``, ``top_p``,
+    ``max_tokens``, ``stop`` (omitted when none) and ``logprobs``; then every other sampling
+    key unchanged, then the agent's ``tools`` (omitted when it has none). A ``model`` key in
+    ``completion_params`` replaces "default".
     """
     body: dict[str, JSON] = {
         "model": "default",
@@ -422,7 +423,7 @@ def chat_request(
 
 
 def parse_completion(payload: JSON) -> Completion:
-    """Read a chat completion answer (``examples/04``, ``examples/06``).
+    """Read a chat completion answer (docs/PROTOCOL.md §4.2).
 
     Raises :class:`ValidationError` when it has no ``choices[0].message`` with role
     ``assistant``, when a tool call lacks its ``id`` or ``function.name``, or when two tool
@@ -463,7 +464,7 @@ def parse_completion(payload: JSON) -> Completion:
 
 @frozen
 class Metrics:
-    """``metrics`` of a result (PROTOCOL.md §2). Latencies in milliseconds, counts in tokens.
+    """``metrics`` of a result (docs/PROTOCOL.md §5.1). Latencies in milliseconds, counts in tokens.
 
     ``max_context_tokens`` is the largest ``usage.total_tokens`` of any single turn.
     """
@@ -480,7 +481,7 @@ class Metrics:
 
 @frozen
 class RolloutResult:
-    """The body of ``POST {server_url}/v1/rollout/completed`` (PROTOCOL.md §2, ``examples/07``).
+    """The body of ``POST {server_url}/v1/rollout/completed`` (docs/PROTOCOL.md §5.1).
 
     ``error_message`` and ``reward`` are omitted from the JSON when ``None``. An ``ERROR``
     result still carries the trajectory so far and real metrics.
@@ -496,7 +497,7 @@ class RolloutResult:
     extra_fields: JSONObject = field(factory=lambda: JSONObject({}))
 
     def to_json(self) -> dict[str, JSON]:
-        """The wire JSON, keys in the order of ``examples/07``."""
+        """The wire JSON, keys in the order of ``tests/fixtures/07_completed_callback.json``."""
         body: dict[str, JSON] = {
             "rollout_id": self.rollout_id,
             "status": self.status.value,
@@ -830,7 +831,7 @@ def _structure(payload: JSON, cls: type[Any], *, root: str) -> Any:
 
 
 def parse_init_request(payload: JSON) -> InitRequest:
-    """Validate a decoded ``POST /v1/rollout/init`` body (PROTOCOL.md §1).
+    """Validate a decoded ``POST /v1/rollout/init`` body (docs/PROTOCOL.md §2.1).
 
     Raises :class:`ValidationError` listing every invalid field with its ``loc``
     (e.g. ``["body", "messages", 0, "role"]``).
@@ -842,9 +843,9 @@ def parse_init_request(payload: JSON) -> InitRequest:
     return _structure(payload, InitRequest, root="body")  # type: ignore[no-any-return]
 
 
-#: Seed 000's synchronous ``POST /rollout`` names two init fields differently.
+#: The synchronous variant (``POST /rollout``) names two init fields differently.
 _SYNC_RENAMES = {"sampling_params": "completion_params", "callback_api_key": "api_key"}
-#: Seed 000's bounds, checked after the types (PROTOCOL.md §1, synchronous variant).
+#: The synchronous variant's bounds, checked after the types (docs/PROTOCOL.md §6).
 _SYNC_BOUNDS: tuple[tuple[tuple[str, ...], float, float], ...] = (
     (("sampling_params", "temperature"), 0.0, 2.0),
     (("sampling_params", "top_p"), 0.0, 1.0),
@@ -854,13 +855,13 @@ _SYNC_BOUNDS: tuple[tuple[tuple[str, ...], float, float], ...] = (
 
 
 def parse_sync_request(payload: JSON) -> InitRequest:
-    """Validate a ``POST /rollout`` body (seed 000's synchronous variant, PROTOCOL.md §1,
-    ``examples/09``) into the :class:`InitRequest` it is equivalent to.
+    """Validate a ``POST /rollout`` body (the synchronous variant, docs/PROTOCOL.md §6)
+    into the :class:`InitRequest` it is equivalent to.
 
     ``sampling_params`` plays ``completion_params``, ``callback_api_key`` plays ``api_key``
     (the Bearer token of the LLM calls); ``tokenizer_name``/``tokenizer_revision`` are
     accepted and unused. Raises :class:`ValidationError` with ``loc``s in the synchronous
-    names, also for values outside seed 000's bounds (``temperature`` 0-2, ``top_p`` 0-1,
+    names, also for values outside the variant's bounds (``temperature`` 0-2, ``top_p`` 0-1,
     ``max_tokens`` 1-32768, ``max_turns`` 1-100).
     """
     if not isinstance(payload, Mapping):

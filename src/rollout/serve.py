@@ -1,6 +1,6 @@
 """Serving an agent with Hypercorn's Trio worker, with a graceful drain on SIGTERM/SIGINT.
 
-Shutdown order (see STACK.md for why each step is where it is):
+Shutdown order (see docs/ARCHITECTURE.md, "Shutdown", for why each step is where it is):
 
 1. SIGTERM or SIGINT arrives (the receiver is opened *before* the server listens, so an
    early signal is never lost to the default handler, which would exit 143 with no drain);

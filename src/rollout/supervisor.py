@@ -4,7 +4,7 @@ One :class:`Supervisor` per server. It owns the nursery every rollout runs in (n
 outlives it), so one failing rollout never harms another or the app: :func:`run_rollout`
 turns every failure into a result, and delivery failures are logged, never raised.
 
-Admission (:meth:`Supervisor.admit`, PROTOCOL.md §1 "Our rule"):
+Admission (:meth:`Supervisor.admit`, docs/PROTOCOL.md §2.4):
 
 - same idempotency key, same canonical body -> the same ``202`` body, nothing new starts;
 - same key, different body -> :class:`Conflict` (``409``);
@@ -276,7 +276,7 @@ class Supervisor:
 
     def admit(self, request: InitRequest, size: int = 0) -> tuple[InitResponse, bool]:
         """Admit ``request`` (an init body of ``size`` bytes); returns the ``202`` body and
-        whether a new rollout started (PROTOCOL.md §1, "Our rule").
+        whether a new rollout started (docs/PROTOCOL.md §2.4).
 
         A ``rollout_id`` runs at most once, whatever its ``idempotency_key``: an identical
         init (same canonical body) is answered from the record, a different one with the
@@ -435,7 +435,7 @@ class Supervisor:
     async def run_sync(self, request: InitRequest, size: int = 0) -> RolloutResult:
         """Run one rollout of the synchronous variant (``POST /rollout``) in the caller's
         task and return its result (no callback; LLM turns go to
-        ``{server_url}/v1/completions``). PROTOCOL.md §1, synchronous variant.
+        ``{server_url}/v1/completions``). docs/PROTOCOL.md §6.
 
         Admission is bounded as for inits (:class:`Draining`, :class:`Overloaded`); there is
         no idempotency record: the trainer holds the request open. A drain cancels it like
@@ -608,7 +608,7 @@ class Supervisor:
         return self._draining
 
     def health(self) -> dict[str, object]:
-        """The ``GET /health`` body: the reference's keys plus our counters (PROTOCOL.md §1)."""
+        """The ``GET /health`` body: the reference's keys plus ours (docs/PROTOCOL.md §3)."""
         return {
             "status": self.status,
             "agent_loop": self.agent.name,

@@ -5,7 +5,7 @@ the signature (types, defaults) and the docstring (Google, NumPy or reST style: 
 becomes the description, each documented parameter its description). Before each call the
 model's arguments are parsed and validated against that schema with :mod:`jsonschema`.
 
-A tool call never crashes a rollout (PROTOCOL.md §3 rule 2): malformed argument JSON, an
+A tool call never crashes a rollout (docs/PROTOCOL.md §7.2): malformed argument JSON, an
 unknown tool name, arguments that fail the schema, or an exception raised by the tool all
 become the text of the tool message, ``"Error: ..."``.
 
@@ -75,7 +75,7 @@ class Tool:
     @property
     def schema(self) -> dict[str, JSON]:
         """The OpenAI function tool: ``{"type": "function", "function": {name, description,
-        parameters, strict}}``, the shape of ``examples/02``."""
+        parameters, strict}}``, the shape of ``tests/fixtures/02_init_response_202.json``."""
         return {
             "type": "function",
             "function": {

@@ -3,7 +3,7 @@
 One :class:`TrainerClient` wraps one long-lived, pooled :class:`httpx.AsyncClient` shared by
 every rollout (the reference opened a client per rollout). Retries use :mod:`stamina`:
 capped exponential backoff with jitter, on 5xx/408/429, timeouts and transport errors, never
-on other 4xx or anything else (PROTOCOL.md §2). Every failure, whatever the HTTP stack
+on other 4xx or anything else (docs/PROTOCOL.md §4.3). Every failure, whatever the HTTP stack
 raised, is a :class:`~rollout.errors.TrainerError`: nothing a trainer answers can escape
 a rollout. A ``Retry-After`` header (seconds) replaces the computed
 backoff. Chat retries never go past the caller's Trio deadline: the retry budget is the
@@ -40,7 +40,7 @@ __all__ = ["RetryPolicy", "TrainerClient", "endpoint", "redact_url"]
 log = logging.getLogger("rollout.trainer")
 
 CHAT_PATH = "/v1/chat/completions"
-#: Where seed 000's synchronous variant sends LLM turns (the same chat body).
+#: Where the synchronous variant (docs/PROTOCOL.md §6) sends LLM turns (the same chat body).
 SYNC_COMPLETIONS_PATH = "/v1/completions"
 COMPLETED_PATH = "/v1/rollout/completed"
 #: How much of a trainer's answer an error keeps (:attr:`TrainerError.body`).
@@ -69,7 +69,7 @@ class RetryPolicy:
 def _retry_hook(exc: Exception) -> bool | float:
     """stamina's ``on=`` hook: retry or not, and a ``Retry-After`` that overrides the wait.
 
-    Transport errors and 5xx/408/429 are retried; nothing else (PROTOCOL.md §2)."""
+    Transport errors and 5xx/408/429 are retried; nothing else (docs/PROTOCOL.md §4.3)."""
     if isinstance(exc, TrainerTransportError):
         return True
     if isinstance(exc, TrainerHTTPError) and exc.retryable:
@@ -187,7 +187,7 @@ class TrainerClient:
             ) from None
 
     async def deliver(self, server_url: str, result: RolloutResult, *, api_key: str | None) -> None:
-        """Post a result until a 2xx acknowledges it (any 2xx, PROTOCOL.md §2).
+        """Post a result until a 2xx acknowledges it (any 2xx, docs/PROTOCOL.md §5.3).
 
         Retries per :attr:`delivery_policy`. The result is sent unchanged on every attempt:
         a delivery failure never rewrites it. Raises :class:`~rollout.errors.TrainerError`

@@ -1,6 +1,6 @@
 """Should the rollout engine itself ever stop (a bug: a rollout's own failures end as its
 result), /health says so with 503, inits get 503, and the process exits non-zero
-(PROTOCOL.md §1, "Our rule")."""
+(docs/PROTOCOL.md §3)."""
 
 from __future__ import annotations
 

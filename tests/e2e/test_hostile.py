@@ -1,5 +1,5 @@
 """The promise against hostile input: no init, header or trainer answer breaks "exactly one
-result", stops another rollout, or gets a 5xx (PROTOCOL.md §1 and §2, "Our rule").
+result", stops another rollout, or gets a 5xx (docs/PROTOCOL.md §2.5 and §7.6).
 
 Each class of poison runs next to a healthy rollout in flight; the healthy one must get
 exactly one result and the server must keep admitting.

@@ -48,7 +48,7 @@ async def test_the_captured_reference_exchange_works_unchanged(
         chats, ["03_chat_request_turn1.json", "05_chat_request_turn2.json"], strict=True
     ):
         golden = fixture_json(golden_name)
-        # Our one addition: the tools list (PROTOCOL.md §2, "Our rule").
+        # Our one addition: the tools list (docs/PROTOCOL.md §4.1).
         assert recorded.body.keys() == golden.keys() | {"tools"}
         for key in ("model", "rollout_id", "temperature", "top_p", "max_tokens", "logprobs"):
             assert recorded.body[key] == golden[key], key

@@ -1,5 +1,5 @@
 """One trainer answer cannot exhaust the server's memory: a 300 MB chat answer is read up
-to ``max_response_bytes`` (8 MiB by default) and no further (PROTOCOL.md §2, "Our rule").
+to ``max_response_bytes`` (8 MiB by default) and no further (docs/PROTOCOL.md §4.2).
 Before the cap, the server process grew from ~54 MB to 3 GB on such an answer."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Results survive a trainer that is down: kept on disk, delivered by the next server on
-the same outbox, and a re-sent init for them starts no second run (PROTOCOL.md §2)."""
+the same outbox, and a re-sent init for them starts no second run (docs/PROTOCOL.md §5.3)."""
 
 from __future__ import annotations
 

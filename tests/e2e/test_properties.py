@@ -1,6 +1,6 @@
 """Property-based regression: any small calculator question, through the real server and
 the mock trainer over loopback, ends in exactly one COMPLETED result with reward 1.0 and
-a history that keeps the protocol rules (PROTOCOL.md §3 rules 1, 2 and 6)."""
+a history that keeps the protocol rules (docs/PROTOCOL.md §7.1, §7.2 and §7.6)."""
 
 from __future__ import annotations
 

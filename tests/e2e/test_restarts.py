@@ -1,5 +1,5 @@
-"""Across restarts, one result per rollout and one run per rollout_id (PROTOCOL.md §2,
-"Our rule"): an acknowledged result leaves the outbox even when a shutdown cuts in right
+"""Across restarts, one result per rollout and one run per rollout_id (docs/PROTOCOL.md
+§5.3): an acknowledged result leaves the outbox even when a shutdown cuts in right
 after the 2xx, and a re-sent init of a delivered rollout after ``kill -9`` does not run it
 again."""
 

@@ -17,7 +17,7 @@ from mock_trainer import Fault
 
 
 def assert_append_only(chat_bodies: list[dict[str, Any]], result: dict[str, Any]) -> None:
-    """PROTOCOL.md §3 rule 1: each request extends the previous one plus its answer."""
+    """docs/PROTOCOL.md §7.1: each request extends the previous one plus its answer."""
     previous: list[Any] | None = None
     for body in chat_bodies:
         messages = body["messages"]
@@ -29,7 +29,7 @@ def assert_append_only(chat_bodies: list[dict[str, Any]], result: dict[str, Any]
 
 
 def assert_tool_pairing(messages: list[dict[str, Any]]) -> None:
-    """PROTOCOL.md §3 rule 2: every tool call answered once, right after its message."""
+    """docs/PROTOCOL.md §7.2: every tool call answered once, right after its message."""
     index = 0
     while index < len(messages):
         message = messages[index]

@@ -1,5 +1,5 @@
-"""Seed 000's synchronous variant: ``POST /rollout`` runs the rollout and answers its result
-inline (PROTOCOL.md §1, examples/09 and 10); LLM turns go to ``/v1/completions``."""
+"""The synchronous variant: ``POST /rollout`` runs the rollout and answers its result
+inline (docs/PROTOCOL.md §6); LLM turns go to ``/v1/completions``."""
 
 from __future__ import annotations
 

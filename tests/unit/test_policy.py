@@ -1,5 +1,5 @@
 """The trainer policy (rollout._policy): which trainers an init may name, and which
-addresses a connection may reach (PROTOCOL.md §1, "Our rule": no SSRF)."""
+addresses a connection may reach (docs/PROTOCOL.md §8: no SSRF)."""
 
 from __future__ import annotations
 

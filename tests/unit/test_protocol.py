@@ -1,5 +1,5 @@
-"""Wire models against the golden examples (PROTOCOL.md §1-2), strict types, 422 details,
-and a round-trip property for chat messages."""
+"""Wire models against the golden examples (docs/PROTOCOL.md §2, §4 and §5), strict types,
+422 details, and a round-trip property for chat messages."""
 
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ def test_the_captured_completions_parse_with_their_tool_calls() -> None:
 
 
 def test_the_captured_turn_two_request_is_rebuilt_key_for_key() -> None:
-    """Messages of examples/05 go through the converter and come back unchanged, and the
-    chat request built from the captured init has the keys the reference sends."""
+    """Messages of tests/fixtures/05_chat_request_turn2.json go through the converter and come
+    back unchanged, and the chat request built from the captured init has the keys the
+    reference sends."""
     golden = fixture_json("05_chat_request_turn2.json")
     messages = [converter.structure(m, Message) for m in golden["messages"]]
     assert [converter.unstructure(m) for m in messages] == golden["messages"]

@@ -1,5 +1,5 @@
 """Tools: schemas from signatures and docstrings, argument validation, and every way a
-tool call fails becoming an error tool message (PROTOCOL.md §3 rule 2)."""
+tool call fails becoming an error tool message (docs/PROTOCOL.md §7.2)."""
 
 from __future__ import annotations
 
