@@ -114,6 +114,92 @@ class SilentAfter500:
         return request
 
 
+@attrs.define
+class LateSecondResult:
+    """Delivers every result; once one was acknowledged, posts a second one with another
+    reward ``after`` seconds later (breaks exactly-one-result, seen only by a suite that
+    keeps listening after the first result)."""
+
+    after: float = 1.0
+
+    async def __call__(self, request: httpx.Request, inner: Any) -> Any:
+        if not _is(request, "/v1/rollout/completed"):
+            return request
+        body = json.loads(request.content)
+        response = await inner.handle_async_request(_with_json(request, body))
+        await response.aread()
+        if not 200 <= response.status_code < 300:
+            return response  # refused: the server retries as usual
+        await trio.sleep(self.after)
+        second = {**body, "reward": (body.get("reward") or 0.0) + 1.0}
+        late = await inner.handle_async_request(_with_json(request, second))
+        await late.aread()
+        await late.aclose()
+        return response
+
+
+@attrs.define
+class GiveUpWhenSlow:
+    """A trainer client with a ``read_timeout`` (seconds) on chat answers that, once one
+    timed out, retries but swallows that rollout's result, telling the server it was
+    delivered (breaks exactly-one-result when the trainer answers slowly). With
+    ``swallow=False`` it is a correct server whose client merely times out and retries."""
+
+    read_timeout: float = 2.0
+    swallow: bool = True
+    gave_up: set[str] = attrs.field(factory=set)
+
+    async def __call__(self, request: httpx.Request, inner: Any) -> Any:
+        body = json.loads(request.content)
+        if _is(request, "/v1/chat/completions"):
+            timeout = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {**timeout, "read": self.read_timeout}
+            try:
+                response = await inner.handle_async_request(request)
+            except httpx.ReadTimeout:
+                if self.swallow:
+                    self.gave_up.add(body["rollout_id"])
+                raise
+            return response
+        if _is(request, "/v1/rollout/completed") and body["rollout_id"] in self.gave_up:
+            return httpx.Response(200, json={"status": "ok"}, request=request)
+        return request
+
+
+def _swap_tool_contents(messages: list[Any]) -> list[Any]:
+    """Each run of tool messages after an assistant message with two or more tool calls,
+    with its contents rotated by one and its tool_call_ids left in place."""
+    out = list(messages)
+    index = 0
+    while index < len(out):
+        message = out[index]
+        index += 1
+        if message.get("role") != "assistant" or len(message.get("tool_calls") or ()) < 2:
+            continue
+        end = index
+        while end < len(out) and out[end].get("role") == "tool":
+            end += 1
+        run = out[index:end]
+        if len(run) >= 2:
+            contents = [m.get("content") for m in run]
+            rotated = contents[1:] + contents[:1]
+            out[index:end] = [{**m, "content": c} for m, c in zip(run, rotated, strict=True)]
+        index = end
+    return out
+
+
+async def swap_tool_results(request: httpx.Request, inner: Any) -> httpx.Request:
+    """Attaches each tool result of a turn with several calls to another of its calls,
+    ids kept in order (passes tool-messages, breaks tool-results-in-order)."""
+    body = json.loads(request.content)
+    if _is(request, "/v1/chat/completions"):
+        return _with_json(request, {**body, "messages": _swap_tool_contents(body["messages"])})
+    if _is(request, "/v1/rollout/completed") and isinstance(body.get("final_messages"), list):
+        final = _swap_tool_contents(body["final_messages"])
+        return _with_json(request, {**body, "final_messages": final})
+    return request
+
+
 # -- ASGI wrappers (inits from the trainer) -------------------------------------------------
 
 
@@ -161,8 +247,10 @@ def rewrite_init(app: ASGIApp, rewrite: Rewrite, *, on_bad_json: int | None = No
 
 
 def ignore_idempotency(body: dict[str, Any]) -> dict[str, Any]:
-    """A fresh idempotency key per init: duplicates run again (breaks idempotent-init)."""
-    return {**body, "idempotency_key": uuid.uuid4().hex}
+    """A fresh rollout_id and idempotency key per init: duplicates run again (breaks
+    idempotent-init). Both, since our server also refuses a reused rollout_id (409)."""
+    fresh = uuid.uuid4().hex
+    return {**body, "rollout_id": f"{body.get('rollout_id')}-{fresh[:8]}", "idempotency_key": fresh}
 
 
 def exceed_max_turns(body: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +265,8 @@ def keep(body: dict[str, Any]) -> None:
 @attrs.frozen
 class Mutant:
     """A broken server, the rule that must catch it, and words its violation must contain
-    (so it is caught for the right reason)."""
+    (so it is caught for the right reason). ``settings`` overrides the test's
+    :class:`~conformance.RunSettings` (e.g. a settle or slow long enough to see it)."""
 
     name: str
     rule: str
@@ -185,6 +274,7 @@ class Mutant:
     transport: Callable[[httpx.Request, Any], Any] | None = None
     rewrite: Rewrite | None = None
     on_bad_json: int | None = None
+    settings: dict[str, Any] = attrs.field(factory=dict)
 
 
 MUTANTS = (
@@ -204,6 +294,26 @@ MUTANTS = (
     ),
     Mutant(
         "500 on a bad body", "invalid-init-4xx", "expected a 4xx", rewrite=keep, on_bad_json=500
+    ),
+    Mutant(
+        "a second different result 1 s later",
+        "exactly-one-result",
+        "different results",
+        transport=LateSecondResult(after=1.0),
+        settings={"settle": 2.0, "shrink_budget": 0.0},
+    ),
+    Mutant(
+        "no result after a chat answer slower than 2 s",
+        "exactly-one-result",
+        "no result was delivered",
+        transport=GiveUpWhenSlow(read_timeout=2.0),
+        settings={"slow": 2.5, "result_timeout": 1.5, "shrink_budget": 0.0},
+    ),
+    Mutant(
+        "tool results swapped between calls",
+        "tool-results-in-order",
+        "carries the result of call",
+        transport=swap_tool_results,
     ),
 )
 

@@ -13,24 +13,39 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from conformance import RULES, Outcome, RunSettings, check_rule, open_runner, select_rules
+from conformance import (
+    RULES,
+    Case,
+    Exchange,
+    InitAnswer,
+    Outcome,
+    RunSettings,
+    ToolCallScript,
+    Turn,
+    WireEntry,
+    check_rule,
+    open_runner,
+    select_rules,
+)
 from conformance.cli import main as conformance_main
 from conftest import PROCESS_TIMEOUT, StartServer, Trainer, make_config, server_process
-from mutants import MUTANTS, Mutant, serve_mutant
+from mutants import MUTANTS, GiveUpWhenSlow, Mutant, serve_mutant
 from rollout import Agent, Message, RolloutContext, tool
 
 #: Small but enough: each mutant's rule is exercised by most generated cases.
-SETTINGS = RunSettings(examples=12, result_timeout=20.0, settle=0.05, shrink_budget=1.0, seed=1)
+SETTINGS = RunSettings(
+    examples=12, result_timeout=20.0, settle=0.05, slow=0.2, shrink_budget=1.0, seed=1
+)
 #: Against mutants a failure is expected, so a short result timeout cannot make a test
 #: flaky; it only bounds the wait on a mutant that never delivers.
-MUTANT_SETTINGS = attrs.evolve(SETTINGS, result_timeout=5.0)
+MUTANT_SETTINGS = attrs.evolve(SETTINGS, result_timeout=3.0)
 
 
 async def _check(mutant: Mutant | None, rule_names: list[str]) -> list[Outcome]:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_mutant, mutant, make_config(), stop)
-        settings = SETTINGS if mutant is None else MUTANT_SETTINGS
+        settings = SETTINGS if mutant is None else attrs.evolve(MUTANT_SETTINGS, **mutant.settings)
         async with open_runner(f"http://127.0.0.1:{port}", settings) as runner:
             tools = await runner.probe_tools()
             outcomes = [
@@ -57,6 +72,17 @@ async def test_each_mutant_is_caught_by_its_rule(mutant: Mutant) -> None:
     assert outcome.verdict == "fail", f"{mutant.name} was not caught by {mutant.rule}"
     assert any(mutant.symptom in violation for violation in outcome.violations), outcome.violations
     assert outcome.exchange is not None  # the minimal failing case, replayable
+
+
+async def test_swapped_tool_results_pass_the_core_tool_rules() -> None:
+    """Why tool-results-in-order exists: every id answered once, in order, history intact."""
+    (mutant,) = [m for m in MUTANTS if m.rule == "tool-results-in-order"]
+    outcomes = await _check(mutant, ["tool-messages", "append-only"])
+
+    assert {o.rule.name: o.verdict for o in outcomes} == {
+        "tool-messages": "pass",
+        "append-only": "pass",
+    }
 
 
 @pytest.mark.parametrize("index", [1, 3], ids=["wrong-tool_call_id", "idempotency-ignored"])
@@ -195,3 +221,74 @@ def test_rule_selection() -> None:
     with pytest.raises(ValueError, match="no-such-rule"):
         select_rules(["no-such-rule"])
     assert attrs.has(type(RULES[0]))
+
+
+def _final(*turns: tuple[list[tuple[str, str]], list[tuple[str, str]]]) -> Exchange:
+    """An exchange whose COMPLETED result holds ``turns``: each a list of (name, arguments)
+    calls and the (tool_call_id, content) tool messages after them."""
+    messages: list[dict[str, object]] = [{"role": "user", "content": "hi"}]
+    for number, (calls, replies) in enumerate(turns):
+        tool_calls = [
+            {"id": f"c{number}_{k}", "type": "function", "function": {"name": n, "arguments": a}}
+            for k, (n, a) in enumerate(calls)
+        ]
+        messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+        messages += [{"role": "tool", "tool_call_id": i, "content": c} for i, c in replies]
+    body = {"rollout_id": "r", "status": "COMPLETED", "final_messages": messages}
+    result = WireEntry(0.0, "result", "/c/0/v1/rollout/completed", {}, body, 200, {})
+    case = Case(rollout_id="r", messages=({"role": "user", "content": "hi"},))
+    return Exchange(case, "", (InitAnswer("first", 202, {}),), (result,), True, 1.0)
+
+
+def test_tool_results_in_order_is_sound_without_knowing_the_tools() -> None:
+    (rule,) = select_rules(["tool-results-in-order"])
+    a, b = ("add", '{"a": 1, "b": 2}'), ("add", '{"b": 5, "a": 1}')
+
+    def script(together: list[tuple[str, str]], later_a: str = "3") -> Exchange:
+        return _final(
+            ([a], [("c0_0", "3")]),
+            ([b], [("c1_0", "6")]),
+            ([a, b], together),
+            ([a], [("c3_0", later_a)]),
+            ([b], [("c4_0", "6")]),
+        )
+
+    assert rule.check(script([("c2_0", "3"), ("c2_1", "6")])) == []
+    (order,) = rule.check(script([("c2_1", "6"), ("c2_0", "3")]))
+    assert "in the order ['c2_1', 'c2_0']" in order
+    swapped = rule.check(script([("c2_0", "6"), ("c2_1", "3")]))
+    assert len(swapped) == 2
+    assert all("carries the result of call" in v for v in swapped)
+    # A call whose result changed between its solo runs (a stateful tool): no verdict.
+    assert rule.check(script([("c2_0", "6"), ("c2_1", "3")], later_a="4")) == []
+
+
+async def test_a_client_that_times_out_on_a_slow_answer_and_retries_loses_nothing() -> None:
+    """The trainer logs the abandoned request (499, no turn) where it arrived and answers
+    the retry at once: a server with a short client timeout that retries keeps every rule."""
+    short_timeout = Mutant("", "", "", transport=GiveUpWhenSlow(read_timeout=0.5, swallow=False))
+    call = ToolCallScript("add", '{"a": 1, "b": 2}')
+    case = Case(
+        rollout_id="",
+        messages=({"role": "user", "content": "1 + 2?"},),
+        turns=(Turn(tool_calls=(call,), faults=("slow",)), Turn(content="3", faults=("slow",))),
+        max_turns=2,
+        slow=1.0,
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_mutant, short_timeout, make_config(), stop)
+        async with open_runner(f"http://127.0.0.1:{port}", SETTINGS) as runner:
+            exchange = await runner.run_case(case)
+        stop.set()
+
+    assert [(e.status, e.turn) for e in exchange.chat] == [
+        (499, None),
+        (200, 0),
+        (499, None),
+        (200, 1),
+    ]
+    assert exchange.result_timeout == SETTINGS.result_timeout + 2.0
+    for rule in RULES:
+        if rule.focus not in ("invalid_init", "stateful"):
+            assert rule.check(exchange) == [], rule.name

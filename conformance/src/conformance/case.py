@@ -28,9 +28,15 @@ __all__ = [
 #: - ``http_500``: a 500 with a JSON error body (retryable);
 #: - ``http_503``: a 503 with ``Retry-After: 1`` (retryable, honour the header);
 #: - ``http_400``: a 400 (not retryable: the rollout should end, with a result);
-#: - ``broken_body``: a 200 whose body is not JSON.
-FaultKind = Literal["http_500", "http_503", "http_400", "broken_body"]
-FAULTS: tuple[FaultKind, ...] = ("http_500", "http_503", "http_400", "broken_body")
+#: - ``broken_body``: a 200 whose body is not JSON;
+#: - ``slow``: the answer (the next fault, or the turn) comes only after ``Case.slow``
+#:   seconds, longer than common client timeouts. A client that gives up first (closes the
+#:   connection) is recorded as such (status 499), and its retry is answered at once.
+FaultKind = Literal["http_500", "http_503", "http_400", "broken_body", "slow"]
+FAULTS: tuple[FaultKind, ...] = ("http_500", "http_503", "http_400", "broken_body", "slow")
+#: Seconds the trainer makes a client wait for each fault (beyond ``slow``): the
+#: ``Retry-After`` of a 503.
+_FAULT_WAIT: dict[FaultKind, float] = {"http_503": 1.0}
 
 
 @attrs.frozen
@@ -64,8 +70,9 @@ class Case:
     - ``turns``: answers in order; once exhausted the trainer answers a plain final text;
     - ``result_statuses``: statuses answered to the first result posts (e.g. ``(500,)``:
       the first delivery fails, the retry succeeds); every later post gets 200;
-    - ``duplicate_init``: send the identical init again right after the first (§3 rule 3);
-    - ``changed_init``: send a different body with the same idempotency key (strict: 409).
+    - ``duplicate_init``: send the identical init again right after the first (§7.3);
+    - ``changed_init``: send a different body with the same idempotency key (strict: 409);
+    - ``slow``: seconds a ``slow`` fault holds its answer back.
     """
 
     rollout_id: str
@@ -80,9 +87,22 @@ class Case:
     result_statuses: tuple[int, ...] = ()
     duplicate_init: bool = False
     changed_init: bool = False
+    slow: float = 6.0
+
+    @property
+    def scripted_delay(self) -> float:
+        """Seconds the script itself holds a patient server back: turn delays, slow
+        answers and 503 ``Retry-After`` waits. The result timeout is extended by this, so
+        a slow answer plus the rest of the rollout still fits in it."""
+        total = 0.0
+        for turn in self.turns:
+            total += turn.delay
+            for fault in turn.faults:
+                total += self.slow if fault == "slow" else _FAULT_WAIT.get(fault, 0.0)
+        return total
 
     def init_body(self, server_url: str) -> dict[str, Any]:
-        """The ``POST /v1/rollout/init`` body (PROTOCOL.md §1) pointing at ``server_url``."""
+        """The ``POST /v1/rollout/init`` body (docs/PROTOCOL.md §2.1) pointing at ``server_url``."""
         body: dict[str, Any] = {
             "rollout_id": self.rollout_id,
             "server_url": server_url,

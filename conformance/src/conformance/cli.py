@@ -20,7 +20,7 @@ from .case import Case, InvalidInit, case_from_json
 from .exchange import Exchange, InvalidExchange
 from .report import exchange_to_json, print_outcomes, write_report
 from .rules import RULES, Rule, select_rules
-from .runner import Outcome, Runner, RunSettings, TargetError, check_rules, open_runner
+from .runner import GRACE, Outcome, Runner, RunSettings, TargetError, check_rules, open_runner
 
 __all__ = ["main"]
 
@@ -43,14 +43,29 @@ def _rules_help() -> str:
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds a result may take after the 202.",
+    help="Seconds a result may take after the 202 (plus the delays the case scripts).",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="Seconds to keep listening after a rollout's first result, for a second, "
+    f"different one (rules about results; the others listen at most {GRACE:g} s).",
+)
+@click.option(
+    "--slow",
+    type=click.FloatRange(min=0),
+    default=6.0,
+    show_default=True,
+    help="Seconds a 'slow' trainer fault holds a chat answer back (beyond common client timeouts).",
 )
 @click.option(
     "--shrink-budget",
     type=click.FloatRange(min=0),
     default=60.0,
     show_default=True,
-    help="Seconds spent shrinking a failure to a minimal case.",
+    help="Seconds spent shrinking a failure to a minimal case (0: report it unshrunk).",
 )
 @click.option("--seed", type=int, default=None, help="Hypothesis seed, for a reproducible run.")
 @click.option(
@@ -79,6 +94,8 @@ def main(
     examples: int,
     report: Path | None,
     result_timeout: float,
+    settle: float,
+    slow: float,
     shrink_budget: float,
     seed: int | None,
     trainer_host: str,
@@ -94,7 +111,12 @@ def main(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--rules") from None
     settings = RunSettings(
-        examples=examples, result_timeout=result_timeout, shrink_budget=shrink_budget, seed=seed
+        examples=examples,
+        result_timeout=result_timeout,
+        settle=settle,
+        slow=slow,
+        shrink_budget=shrink_budget,
+        seed=seed,
     )
     console = Console()
     case = None if replay is None else _read_case(replay)

@@ -1,9 +1,9 @@
 """The protocol rules, each a pure check of what the trainer saw.
 
-Every rule has a name, a level and the section of PROTOCOL.md it comes from:
+Every rule has a name, a level and the section of docs/PROTOCOL.md it comes from:
 
 - **core**: what the reference protocol itself requires; a fair bar for any server;
-- **strict**: this project's stronger guarantees ("Our rule" in PROTOCOL.md).
+- **strict**: this project's stronger guarantees (marked [ours] in docs/PROTOCOL.md).
 
 A check returns the list of violations (human-readable, one per problem); empty means the
 exchange kept the rule. ``focus`` tells the strategies which situations exercise the rule
@@ -37,9 +37,10 @@ Focus = Literal[
     "error",
     "invalid_init",
     "stateful",
+    "tool_results",
 ]
 
-#: The sampling keys the reference itself sends (PROTOCOL.md §2); others are "extra".
+#: The sampling keys the reference itself sends (docs/PROTOCOL.md §4.1); others are "extra".
 STANDARD_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "stop", "logprobs"})
 METRIC_KEYS = (
     "total_latency_ms",
@@ -56,7 +57,12 @@ _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 @attrs.frozen
 class Rule:
-    """A named protocol rule: ``check`` returns the violations found in one exchange."""
+    """A named protocol rule: ``check`` returns the violations found in one exchange.
+
+    ``settles``: the rule is about results, so each case keeps listening for the settle
+    period after its first result (a second, different result may come seconds later);
+    other rules listen only briefly (see :class:`conformance.runner.RunSettings`).
+    """
 
     name: str
     level: Level
@@ -64,6 +70,7 @@ class Rule:
     summary: str
     focus: Focus
     check: Callable[[Any], list[str]] = attrs.field(repr=False)
+    settles: bool = False
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -120,7 +127,7 @@ def _messages(entry_body: Any, key: str = "messages") -> list[Any] | None:
 
 
 def _expected_prefixes(ex: Exchange) -> tuple[list[tuple[int, WireEntry, list[Any]]], list[Any]]:
-    """For each chat request, the history it must start with (PROTOCOL.md §3 rule 1), and
+    """For each chat request, the history it must start with (docs/PROTOCOL.md §7.1), and
     the history ``final_messages`` must start with."""
     base: list[Any] = list(ex.case.messages)
     out = []
@@ -423,6 +430,132 @@ def changed_body_conflict(ex: Exchange) -> list[str]:
     ]
 
 
+@attrs.frozen
+class _ToolTurn:
+    """An assistant message with tool calls, and the tool messages right after it."""
+
+    position: int
+    #: (id, name, arguments as canonical JSON) per call, in the order made.
+    calls: tuple[tuple[Any, Any, Any], ...]
+    #: (tool_call_id, content) per tool message, in the order sent.
+    replies: tuple[tuple[Any, str], ...]
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` itself when it can key a dict (ids and names normally are), else its JSON."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _tool_call_key(call: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(id, name, arguments as canonical JSON) of one tool call."""
+    function = call.get("function")
+    if not isinstance(function, dict):
+        function = {}
+    return (
+        _hashable(call.get("id")),
+        _hashable(function.get("name")),
+        _arguments(function.get("arguments")),
+    )
+
+
+def _tool_turns(messages: list[Any], start: int) -> list[_ToolTurn]:
+    turns = []
+    for index in range(start, len(messages)):
+        message = messages[index]
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        raw = message.get("tool_calls")
+        calls = tuple(
+            _tool_call_key(call)
+            for call in (raw if isinstance(raw, list) else ())
+            if isinstance(call, dict)
+        )
+        if not calls:
+            continue
+        replies = []
+        for reply in messages[index + 1 :]:
+            if not isinstance(reply, dict) or reply.get("role") != "tool":
+                break
+            content = reply.get("content")
+            text = content if isinstance(content, str) else json.dumps(content, sort_keys=True)
+            replies.append((_hashable(reply.get("tool_call_id")), text))
+        turns.append(_ToolTurn(index, calls, tuple(replies)))
+    return turns
+
+
+def _order_problems(turn: _ToolTurn) -> list[str]:
+    ids = [call_id for call_id, _, _ in turn.calls]
+    answered = list(dict.fromkeys(call_id for call_id, _ in turn.replies if call_id in ids))
+    made = [call_id for call_id in ids if call_id in answered]
+    if answered == made:
+        return []
+    return [
+        f"message {turn.position}: its tool messages answer the calls in the order "
+        f"{answered}, the calls were made in the order {made}"
+    ]
+
+
+def _swap_problems(turns: list[_ToolTurn]) -> list[str]:
+    """Tool messages that carry another call's result. A call's result is known only when
+    the same call (name and arguments) was made alone, in a turn of its own, both before
+    and after, and got the same content every time; nothing is assumed of the tools."""
+    alone: dict[tuple[Any, Any], list[tuple[int, str]]] = {}
+    for turn in turns:
+        if len(turn.calls) == 1 and len(turn.replies) == 1:
+            (call_id, name, arguments), (answered, content) = turn.calls[0], turn.replies[0]
+            if answered == call_id:
+                alone.setdefault((name, arguments), []).append((turn.position, content))
+    problems: list[str] = []
+    for turn in turns:
+        if len(turn.calls) < 2:
+            continue
+        known: dict[Any, str] = {}  # call id -> its result
+        for call_id, name, arguments in turn.calls:
+            seen = alone.get((name, arguments), [])
+            contents = {content for _, content in seen}
+            before = any(position < turn.position for position, _ in seen)
+            after = any(position > turn.position for position, _ in seen)
+            if before and after and len(contents) == 1:
+                known[call_id] = contents.pop()
+        got = dict(turn.replies)
+        names = {call_id: name for call_id, name, _ in turn.calls}
+        for call_id, result in known.items():
+            reply = got.get(call_id)
+            if reply is None or reply == result:
+                continue
+            for other, other_result in known.items():
+                if other != call_id and other_result == reply and other_result != result:
+                    problems.append(
+                        f"message {turn.position}: the tool message for call {call_id!r} "
+                        f"({names[call_id]}) carries the result of call {other!r} "
+                        f"({names[other]}): {reply[:60]!r}, where {names[call_id]} with "
+                        f"these arguments alone gave {result[:60]!r}"
+                    )
+                    break
+    return problems
+
+
+def tool_results_in_order(ex: Exchange) -> list[str]:
+    start = len(ex.case.messages)
+    histories = [
+        (f"chat request #{n}", _messages(entry.body)) for n, entry in enumerate(ex.chat, 1)
+    ]
+    histories += [
+        ("final_messages", _messages(body, "final_messages")) for body in _result_bodies(ex)
+    ]
+    # A problem is repeated by every later history: report it where it first appears.
+    first_seen: dict[str, str] = {}
+    for where, messages in histories:
+        if messages is None:
+            continue
+        turns = _tool_turns(messages, start)
+        for problem in [p for turn in turns for p in _order_problems(turn)] + _swap_problems(turns):
+            first_seen.setdefault(problem, f"{where}: {problem}")
+    return list(first_seen.values())
+
+
 def every_core_rule(ex: Exchange) -> list[str]:
     """All core per-rollout rules at once (for interleaved rollouts), prefixed by name."""
     return [
@@ -437,7 +570,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "init-response",
         "core",
-        "PROTOCOL.md §1",
+        "docs/PROTOCOL.md §2.2",
         "POST /v1/rollout/init answers 202 {rollout_id, tools}; each tool is an OpenAI "
         "function schema whose parameters are a JSON Schema object.",
         "rollout",
@@ -446,7 +579,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "append-only",
         "core",
-        "PROTOCOL.md §3 rule 1",
+        "docs/PROTOCOL.md §7.1",
         "Each chat request extends the previous one plus the answer to it; a COMPLETED "
         "result's final_messages extends the last one. Nothing is dropped or rewritten.",
         "rollout",
@@ -455,7 +588,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "tool-messages",
         "core",
-        "PROTOCOL.md §3 rule 2",
+        "docs/PROTOCOL.md §7.2",
         "Every tool call id is answered exactly once, by tool messages right after its "
         "assistant message, before the next chat request.",
         "rollout",
@@ -464,15 +597,16 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "idempotent-init",
         "core",
-        "PROTOCOL.md §3 rule 3",
+        "docs/PROTOCOL.md §7.3",
         "A duplicate init gets the same answer and starts no second run or result.",
         "duplicate",
         idempotent_init,
+        settles=True,
     ),
     Rule(
         "max-turns",
         "core",
-        "PROTOCOL.md §3 rule 4",
+        "docs/PROTOCOL.md §7.4",
         "At most max_turns chat turns (retries of one turn count once).",
         "budget",
         max_turns,
@@ -480,7 +614,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "max-tokens-total",
         "core",
-        "PROTOCOL.md §3 rule 4",
+        "docs/PROTOCOL.md §7.4",
         "No chat request once the summed usage.completion_tokens reached max_tokens_total.",
         "budget",
         max_tokens_total,
@@ -488,7 +622,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "callback-auth",
         "core",
-        "PROTOCOL.md §3 rule 5",
+        "docs/PROTOCOL.md §7.5",
         "Authorization: Bearer <api_key> on every callback when api_key was given, and no "
         "Authorization header when it was not.",
         "rollout",
@@ -497,25 +631,28 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "exactly-one-result",
         "core",
-        "PROTOCOL.md §3 rule 6",
+        "docs/PROTOCOL.md §7.6",
         "Every accepted rollout gets one result (identical re-posts allowed) within the "
-        "result timeout, whatever the trainer did.",
+        "result timeout, whatever the trainer did (faults, slow answers), and no different "
+        "one later within the settle period.",
         "faults",
         exactly_one_result,
+        settles=True,
     ),
     Rule(
         "result-shape",
         "core",
-        "PROTOCOL.md §2",
+        "docs/PROTOCOL.md §5.1",
         "The result has rollout_id, status COMPLETED|ERROR, final_messages, finish_reason "
         "and the metrics keys; reward, when present, is a number.",
         "faults",
         result_shape,
+        settles=True,
     ),
     Rule(
         "invalid-init-4xx",
         "core",
-        "PROTOCOL.md §1",
+        "docs/PROTOCOL.md §2.3",
         "An init body that is not JSON or does not validate gets a 4xx (never a 5xx) and "
         "starts nothing.",
         "invalid_init",
@@ -524,16 +661,17 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "interleaved-rollouts",
         "core",
-        "PROTOCOL.md §3",
+        "docs/PROTOCOL.md §7",
         "Concurrent inits, duplicates, faults and waits interleaved by a Hypothesis state "
         "machine: every core rule above holds for every rollout.",
         "stateful",
         every_core_rule,
+        settles=True,
     ),
     Rule(
         "error-keeps-trajectory",
         "strict",
-        "PROTOCOL.md §2, Our rule",
+        "docs/PROTOCOL.md §5.2",
         "An ERROR result carries the trajectory so far (extending the last chat request) "
         "and a non-empty error_message.",
         "error",
@@ -542,7 +680,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "params-passthrough",
         "strict",
-        "PROTOCOL.md §2, Our rule",
+        "docs/PROTOCOL.md §4.1",
         "completion_params keys beyond the reference's five reach every chat request unchanged.",
         "params",
         params_passthrough,
@@ -550,10 +688,20 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "reused-key-409",
         "strict",
-        "PROTOCOL.md §1, Our rule",
+        "docs/PROTOCOL.md §2.4",
         "The same idempotency key with a different body is refused with 409.",
         "changed",
         changed_body_conflict,
+    ),
+    Rule(
+        "tool-results-in-order",
+        "strict",
+        "docs/PROTOCOL.md §7.2",
+        "A turn's tool messages answer its calls in the order the calls were made, and none "
+        "carries another call's result (a call made alone before and after, with one result "
+        "each time, must get that result in a turn of several calls too).",
+        "tool_results",
+        tool_results_in_order,
     ),
 )
 

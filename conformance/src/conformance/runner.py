@@ -38,6 +38,7 @@ from .strategies import SERVER_URL, cases_for, invalid_inits
 from .trainer import ScriptedTrainer, serve_trainer
 
 __all__ = [
+    "GRACE",
     "Outcome",
     "RunSettings",
     "Runner",
@@ -54,17 +55,28 @@ class RunSettings:
     """How hard to look. Times in seconds.
 
     - ``examples``: Hypothesis examples per rule (before shrinking);
-    - ``result_timeout``: how long a result may take after the 202;
-    - ``settle``: how long to keep listening after the result (late duplicates);
-    - ``shrink_budget``: once a rule failed, how long to search for a smaller case;
+    - ``result_timeout``: how long a result may take after the 202, beyond the delays the
+      case's own script imposes (slow answers, ``Retry-After``: :attr:`Case.scripted_delay`);
+    - ``settle``: for the rules about results (:attr:`Rule.settles`), how long to keep
+      listening after the first result (or the result timeout) for a second, different
+      one; other rules listen ``min(settle, GRACE)`` seconds;
+    - ``slow``: how long a ``slow`` trainer fault holds its chat answer back: longer than
+      common client timeouts (httpx's default is 5 s);
+    - ``shrink_budget``: once a rule failed, how long to search for a smaller case (0:
+      none, the first failure found is reported);
     - ``seed``: Hypothesis seed (None: random).
     """
 
     examples: int = 25
     result_timeout: float = 60.0
-    settle: float = 0.3
+    settle: float = 3.0
+    slow: float = 6.0
     shrink_budget: float = 60.0
     seed: int | None = None
+
+
+#: Seconds the rules not about results keep listening after the result (late callbacks).
+GRACE = 0.3
 
 
 @attrs.frozen
@@ -144,14 +156,18 @@ class Runner:
             body = response.text
         return InitAnswer("first", response.status_code, body)
 
-    async def run_case(self, case: Case) -> Exchange:
+    def settle_for(self, rule: Rule) -> float:
+        """How long ``rule``'s cases keep listening after the result."""
+        return self.settings.settle if rule.settles else min(self.settings.settle, GRACE)
+
+    async def run_case(self, case: Case, *, settle: float | None = None) -> Exchange:
         """Init ``case`` (a fresh copy), wait for its result, return what was seen."""
         started = await self.start_case(case)
         if started.case.duplicate_init:
             await self.send_again(started, "duplicate")
         if started.case.changed_init:
             await self.send_again(started, "changed")
-        return await self.finish_case(started)
+        return await self.finish_case(started, settle=settle)
 
     async def start_case(self, case: Case, *, copies: int = 1) -> Started:
         """Script a fresh copy of ``case`` and send its init ``copies`` times at once (a
@@ -185,34 +201,36 @@ class Runner:
         answer = await self._post_init(json.dumps(body).encode(), "application/json")
         started.inits.append(attrs.evolve(answer, sent=sent))
 
-    async def finish_all(self, started: Sequence[Started]) -> list[Exchange]:
+    async def finish_all(
+        self, started: Sequence[Started], *, settle: float | None = None
+    ) -> list[Exchange]:
         """:meth:`finish_case` for each, concurrently; in the same order."""
         exchanges: list[Exchange | None] = [None] * len(started)
 
         async def finish(index: int) -> None:
-            exchanges[index] = await self.finish_case(started[index])
+            exchanges[index] = await self.finish_case(started[index], settle=settle)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(started)):
                 nursery.start_soon(finish, index)
         return [exchange for exchange in exchanges if exchange is not None]
 
-    async def finish_case(self, started: Started) -> Exchange:
-        """Wait for the result of an accepted case (bounded), settle, and return the
-        :class:`Exchange`."""
+    async def finish_case(self, started: Started, *, settle: float | None = None) -> Exchange:
+        """Wait for the result of an accepted case (bounded by the result timeout plus
+        the script's own delays), keep listening ``settle`` seconds more (default: the
+        settings' ``settle``), and return the :class:`Exchange`."""
         acknowledged = False
+        timeout = self.settings.result_timeout + started.case.scripted_delay
         if started.inits[0].status == 202:
-            acknowledged = await self.trainer.wait_acknowledged(
-                started.prefix, self.settings.result_timeout
-            )
-        await trio.sleep(self.settings.settle)
+            acknowledged = await self.trainer.wait_acknowledged(started.prefix, timeout)
+        await trio.sleep(self.settings.settle if settle is None else settle)
         return Exchange(
             case=started.case,
             server_url=started.server_url,
             inits=tuple(started.inits),
             wire=tuple(self.trainer.wire(started.prefix)),
             acknowledged=acknowledged,
-            result_timeout=self.settings.result_timeout,
+            result_timeout=timeout,
         )
 
     async def run_invalid(self, invalid: InvalidInit) -> InvalidExchange:
@@ -227,7 +245,7 @@ class Runner:
         )
         invalid = attrs.evolve(invalid, rollout_id=rollout_id, body=text)
         answer = await self._post_init(text.encode(), invalid.content_type)
-        await trio.sleep(self.settings.settle)
+        await trio.sleep(min(self.settings.settle, GRACE))
         return InvalidExchange(
             invalid, server_url, answer.status, answer.body, tuple(self.trainer.wire(prefix))
         )
@@ -240,7 +258,8 @@ class Runner:
         """
         try:
             exchange = await self.run_case(
-                Case(rollout_id="", messages=({"role": "user", "content": "Say hello."},))
+                Case(rollout_id="", messages=({"role": "user", "content": "Say hello."},)),
+                settle=min(self.settings.settle, GRACE),
             )
         except httpx.HTTPError as exc:
             raise TargetError(f"cannot reach {self.target}: {exc}") from None
@@ -295,6 +314,9 @@ def _shrink_budget(seconds: float) -> Iterator[None]:
 
 
 def _hypothesis_settings(run: RunSettings) -> settings:
+    phases = [Phase.explicit, Phase.generate]
+    if run.shrink_budget > 0:  # 0: no shrinking, the first failure found is reported
+        phases.append(Phase.shrink)
     return settings(
         max_examples=run.examples,
         deadline=None,
@@ -302,7 +324,7 @@ def _hypothesis_settings(run: RunSettings) -> settings:
         print_blob=False,
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        phases=phases,
         # Our own report shows the failure; Hypothesis's would repeat it (and warn that
         # shrinking stopped when --shrink-budget ends it on purpose).
         verbosity=Verbosity.quiet,
@@ -320,8 +342,11 @@ def check_rule(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) -> Outco
         strategy = invalid_inits()
         run = lambda invalid: trio.from_thread.run(runner.run_invalid, invalid)  # noqa: E731
     else:
-        strategy = cases_for(tools, rule.focus)
-        run = lambda case: trio.from_thread.run(runner.run_case, case)  # noqa: E731
+        strategy = cases_for(tools, rule.focus, slow=runner.settings.slow)
+        settle = runner.settle_for(rule)
+        run = lambda case: trio.from_thread.run(  # noqa: E731
+            partial(runner.run_case, case, settle=settle)
+        )
     best: dict[str, Any] = {}
     examples = 0
 
@@ -398,7 +423,7 @@ def _check_interleaved(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) 
         def start(self, case: Case) -> Started:
             return self._start(case)
 
-        @sm_rule(target=rollouts, case=cases_for(tools, "faults"))
+        @sm_rule(target=rollouts, case=cases_for(tools, "faults", slow=runner.settings.slow))
         def start_faulted(self, case: Case) -> Started:
             return self._start(case)
 
@@ -415,7 +440,9 @@ def _check_interleaved(runner: Runner, rule: Rule, tools: list[dict[str, Any]]) 
             trio.from_thread.run(trio.sleep, seconds)
 
         def teardown(self) -> None:
-            exchanges = trio.from_thread.run(runner.finish_all, self.started)
+            exchanges = trio.from_thread.run(
+                partial(runner.finish_all, self.started, settle=runner.settle_for(rule))
+            )
             for exchange in exchanges:
                 violations = rule.check(exchange)
                 if violations:

@@ -4,7 +4,7 @@ Nothing here knows the server's agent: tool calls are generated from each advert
 tool's JSON Schema (a subset large enough for OpenAI function schemas: types, enum,
 const, anyOf/oneOf, properties/required, items, minimum/maximum), mixed with malformed
 argument JSON and unknown tool names. Arguments need not be valid for the rules to
-apply: an invalid call must still get a tool message (PROTOCOL.md §3 rule 2).
+apply: an invalid call must still get a tool message (docs/PROTOCOL.md §7.2).
 
 hypothesis-jsonschema was the first choice for the schema part; its 0.23.1 (the latest)
 breaks on current Hypothesis (``'many' object has no attribute 'more'``).
@@ -23,7 +23,7 @@ from .rules import Focus
 
 __all__ = ["API_KEY", "UNKNOWN_TOOL", "cases_for", "from_schema", "invalid_inits"]
 
-#: The api_key cases send (PROTOCOL.md §1); test data, not a secret.
+#: The api_key cases send (docs/PROTOCOL.md §2.1); test data, not a secret.
 API_KEY = "conformance-trainer-key"
 UNKNOWN_TOOL = "conformance_no_such_tool"
 #: Placeholder in :class:`InvalidInit` bodies, replaced by the case's server_url.
@@ -89,14 +89,19 @@ def from_schema(schema: Any, depth: int = 0) -> st.SearchStrategy[Any]:
     return _JSON
 
 
-def _tool_call(tools: list[dict[str, Any]]) -> st.SearchStrategy[ToolCallScript]:
-    named = [
+def _named(tools: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(name, parameters) of each advertised tool that has a name."""
+    return [
         (tool["function"]["name"], tool["function"].get("parameters"))
         for tool in tools
         if isinstance(tool, dict)
         and isinstance(tool.get("function"), dict)
         and isinstance(tool["function"].get("name"), str)
     ]
+
+
+def _tool_call(tools: list[dict[str, Any]]) -> st.SearchStrategy[ToolCallScript]:
+    named = _named(tools)
     malformed = st.sampled_from(['{"a": ', "not json", "", "[1, 2]", '{"a": 1}}'])
     strategies = [st.builds(ToolCallScript, st.just(UNKNOWN_TOOL), st.just("{}"))]
     if named:
@@ -156,12 +161,46 @@ _STANDARD_PARAMS = st.fixed_dictionaries(
 )
 
 
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except json.JSONDecodeError:
+        return arguments
+
+
 @st.composite
-def cases_for(draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus) -> Case:
+def _tool_results_turns(draw: st.DrawFn, tools: list[dict[str, Any]]) -> list[Turn]:
+    """Two or three different calls, each made alone, then together in one turn (in some
+    order), then each alone again: what the tool-results rule needs to know each call's
+    result without knowing the tools."""
+    strategy = _tool_call(tools)
+    if not _named(tools):  # a server without tools: unknown ones, with distinct arguments
+        arguments = st.integers(0, 9).map(lambda n: json.dumps({"n": n}))
+        strategy = st.builds(ToolCallScript, st.just(UNKNOWN_TOOL), arguments)
+    calls = draw(
+        st.lists(
+            strategy,
+            min_size=2,
+            max_size=3,
+            unique_by=lambda call: (call.name, _canonical(call.arguments)),
+        )
+    )
+    alone = [Turn(content=draw(st.none() | _TEXT), tool_calls=(call,)) for call in calls]
+    together = Turn(content=draw(st.none() | _TEXT), tool_calls=tuple(draw(st.permutations(calls))))
+    return [*alone, together, *alone]
+
+
+@st.composite
+def cases_for(
+    draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus, *, slow: float = 6.0
+) -> Case:
     """Rollout cases shaped for a rule's ``focus`` (rollout ids are set by the runner).
 
     - "budget": small ``max_turns``/``max_tokens_total`` and scripts longer than them;
-    - "faults": trainer faults on chat turns and on result delivery;
+    - "faults": trainer faults on chat turns (``slow`` answers take ``slow`` seconds) and
+      on result delivery;
+    - "tool_results": calls made alone, then together, then alone again (and a budget
+      that lets the whole script run);
     - "error": a non-retryable fault after at least one turn (an ERROR with a trajectory);
     - "duplicate" / "changed": the init is sent twice / again with another body;
     - "params": sampling keys beyond the reference's five;
@@ -169,7 +208,7 @@ def cases_for(draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus) -> Cas
     """
     retryable: list[FaultKind] = ["http_500", "http_503"]
     if focus == "faults":
-        fault_kinds: list[FaultKind] = [*retryable, "http_400", "broken_body"]
+        fault_kinds: list[FaultKind] = [*retryable, "http_400", "broken_body", "slow"]
         faults = st.lists(st.sampled_from(fault_kinds), max_size=2).map(tuple)
     elif focus == "rollout":
         faults = st.sampled_from([(), (), (), (), ("http_500",)])
@@ -177,8 +216,17 @@ def cases_for(draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus) -> Cas
         faults = st.just(())
     budget = focus == "budget"
     tokens = st.integers(1, 120) if budget else st.integers(1, 60)
-    turns = draw(st.lists(_turn(tools, faults, tokens), max_size=6 if budget else 4))
+    if focus == "tool_results":
+        turns = draw(_tool_results_turns(tools))
+    else:
+        turns = draw(st.lists(_turn(tools, faults, tokens), max_size=6 if budget else 4))
     turns = _cap_faults(turns, 3)
+    if focus == "faults" and draw(st.booleans()):
+        # Half the faulted cases answer one turn slowly, whatever else they script.
+        if not turns:
+            turns = [Turn(content=draw(_TEXT))]
+        at = draw(st.integers(0, len(turns) - 1))
+        turns[at] = attrs.evolve(turns[at], faults=("slow", *turns[at].faults))
     if focus == "error":
         position = draw(st.integers(1, len(turns) + 1))
         turns = [*turns[:position], Turn(content="unreached", faults=("http_400",))]
@@ -190,12 +238,17 @@ def cases_for(draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus) -> Cas
         ({"role": "system", "content": system},) if system is not None else ()
     )
     messages += ({"role": "user", "content": draw(st.text(min_size=1, max_size=60))},)
+    max_turns = draw(st.integers(1, 4) if budget else st.integers(1, 8))
+    max_tokens_total = draw(st.integers(1, 300) if budget else st.integers(200, 8192))
+    if focus == "tool_results":  # the whole script, and the final answer, must run
+        max_turns = len(turns) + 1
+        max_tokens_total = max(max_tokens_total, sum(t.completion_tokens for t in turns) + 100)
     return Case(
         rollout_id="",
         messages=messages,
         completion_params=params,
-        max_turns=draw(st.integers(1, 4) if budget else st.integers(1, 8)),
-        max_tokens_total=draw(st.integers(1, 300) if budget else st.integers(200, 8192)),
+        max_turns=max_turns,
+        max_tokens_total=max_tokens_total,
         metadata=draw(st.fixed_dictionaries({}, optional={"ground_truth": _TEXT, "extra": _JSON})),
         api_key=draw(st.none() | st.just(API_KEY)),
         idempotency_key=draw(st.none() | st.just("")),
@@ -207,6 +260,7 @@ def cases_for(draw: st.DrawFn, tools: list[dict[str, Any]], focus: Focus) -> Cas
         ),
         duplicate_init=focus == "duplicate" or (draw(st.booleans()) and focus == "changed"),
         changed_init=focus == "changed",
+        slow=slow,
     )
 
 
@@ -221,7 +275,7 @@ def _cap_faults(turns: list[Turn], limit: int) -> list[Turn]:
 
 
 def invalid_inits() -> st.SearchStrategy[InvalidInit]:
-    """Init requests that are not JSON or do not validate (PROTOCOL.md §1)."""
+    """Init requests that are not JSON or do not validate (docs/PROTOCOL.md §2.3)."""
     ok = {
         "rollout_id": "",
         "server_url": SERVER_URL,

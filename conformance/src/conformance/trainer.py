@@ -1,10 +1,16 @@
-"""The scripted, recording trainer the server under test calls back (PROTOCOL.md §2).
+"""The scripted, recording trainer the server under test calls back (docs/PROTOCOL.md §4 and §5).
 
 A plain ASGI app served by Hypercorn's Trio worker. Every case gets its own base URL,
 ``{base}/c/{n}``, used as the init's ``server_url``; so callbacks are attributed to their
 case by path, whatever the server puts in the body. For each case it answers
 ``POST .../v1/chat/completions`` from the case's script (faults first, then the turn) and
-records ``POST .../v1/rollout/completed``; every request and answer goes to the wire log.
+records ``POST .../v1/rollout/completed``; every request and answer goes to the wire log,
+in the order the requests arrived.
+
+A ``slow`` fault holds a chat answer back for ``Case.slow`` seconds. A client that gives up
+meanwhile (closes the connection) gets nothing: its request is logged with status
+:data:`ABANDONED` and no turn, and what it would have got is kept for the next request,
+so a client that times out and retries loses nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import trio
 
 from .case import Case, FaultKind, Turn
 
-__all__ = ["ScriptedTrainer", "WireEntry", "serve_trainer"]
+__all__ = ["ABANDONED", "ScriptedTrainer", "WireEntry", "serve_trainer"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -32,6 +38,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: The answer after the script ran out: the model stops.
 FINAL_TURN = Turn(content="That is all.", completion_tokens=1)
+#: The status logged for a request whose client closed the connection before its (slow)
+#: answer was sent (nginx's "client closed request"); nothing was answered.
+ABANDONED = 499
 
 _FAULT_ANSWERS: dict[FaultKind, tuple[int, bytes, list[tuple[bytes, bytes]]]] = {
     "http_500": (500, b'{"error": {"message": "conformance: scripted 500"}}', []),
@@ -51,7 +60,8 @@ class WireEntry:
 
     ``t`` is seconds since the trainer started; ``headers`` have lower-cased names;
     ``body`` is the parsed JSON (or the raw text when it was not JSON); ``turn`` is the
-    index of the script turn answered (None when a fault was answered instead).
+    index of the script turn answered (None when a fault was answered instead, or nothing:
+    status :data:`ABANDONED`); ``slow`` is how many seconds the answer was held back.
     """
 
     t: float
@@ -63,6 +73,7 @@ class WireEntry:
     answer: Any
     turn: int | None = None
     fault: FaultKind | None = None
+    slow: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -126,7 +137,10 @@ class ScriptedTrainer:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        status, answer, extra = await self._answer(scope["method"], scope["path"], headers, raw)
+        answered = await self._answer(scope["method"], scope["path"], headers, raw, receive)
+        if answered is None:
+            return  # the client is gone
+        status, answer, extra = answered
         payload = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         await send(
             {
@@ -142,8 +156,8 @@ class ScriptedTrainer:
         await send({"type": "http.response.body", "body": payload})
 
     async def _answer(
-        self, method: str, path: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        self, method: str, path: str, headers: dict[str, str], raw: bytes, receive: Receive
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]] | None:
         body = _parse(raw)
         t = trio.current_time() - self._started
         parts = path.split("/", 3)  # "", "c", "<n>", "v1/..."
@@ -171,28 +185,64 @@ class ScriptedTrainer:
             if 200 <= status < 300:
                 script.acknowledged.set()
             return status, answer, []
-        return await self._chat(script, t, path, headers, body)
+        return await self._chat(script, t, path, headers, body, receive)
 
     async def _chat(
-        self, script: _Script, t: float, path: str, headers: dict[str, str], body: Any
-    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
-        index = script.answered
-        turn = script.case.turns[index] if index < len(script.case.turns) else FINAL_TURN
-        if script.faults is None:
-            script.faults = deque(turn.faults)
+        self,
+        script: _Script,
+        t: float,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        receive: Receive,
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]] | None:
+        # Logged where it arrived (a retry may be answered before a slow answer ends).
+        position = len(script.wire)
+        script.wire.append(WireEntry(t, "chat", path, headers, body, ABANDONED, "no answer yet"))
+        held = 0.0
+        while True:
+            index = script.answered
+            turn = script.case.turns[index] if index < len(script.case.turns) else FINAL_TURN
+            if script.faults is None:
+                script.faults = deque(turn.faults)
+            if not script.faults or script.faults[0] != "slow":
+                break
+            script.faults.popleft()
+            held += script.case.slow
+            if await _client_gone(receive, script.case.slow):
+                # Nothing was answered: the next request gets what this one would have.
+                script.wire[position] = attrs.evolve(
+                    script.wire[position],
+                    answer="abandoned: the client closed the connection during a slow answer",
+                    fault="slow",
+                    slow=held,
+                )
+                return None
         if script.faults:
             fault = script.faults.popleft()
             status, answer, extra = _FAULT_ANSWERS[fault]
-            entry = WireEntry(t, "chat", path, headers, body, status, _parse(answer), fault=fault)
-            script.wire.append(entry)
+            script.wire[position] = WireEntry(
+                t, "chat", path, headers, body, status, _parse(answer), fault=fault, slow=held
+            )
             return status, answer, extra
         script.answered += 1
         script.faults = None
         if turn.delay:
             await trio.sleep(turn.delay)
         completion = _completion(script.case.rollout_id, index, turn, body)
-        script.wire.append(WireEntry(t, "chat", path, headers, body, 200, completion, turn=index))
+        script.wire[position] = WireEntry(
+            t, "chat", path, headers, body, 200, completion, turn=index, slow=held
+        )
         return 200, completion, []
+
+
+async def _client_gone(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds``; True as soon as the client closed the connection instead."""
+    with trio.move_on_after(seconds):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
+    return False
 
 
 def assistant_message(index: int, turn: Turn) -> dict[str, Any]:
