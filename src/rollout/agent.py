@@ -35,16 +35,10 @@ import trio
 
 from . import _json
 from ._json import JSON
+from ._trainer.chat import Completion, chat_request
+from ._wire import codec
+from ._wire.models import CompletionParams, FinishReason, Message, Metrics
 from .errors import AgentError
-from .protocol import (
-    Completion,
-    CompletionParams,
-    FinishReason,
-    Message,
-    Metrics,
-    chat_request,
-    converter,
-)
 from .tools import Tool, run_tool_call
 
 __all__ = ["Agent", "AgentLoop", "RewardFn", "RolloutContext", "Trajectory", "tool_loop"]
@@ -310,7 +304,7 @@ class RolloutContext:
         a lone surrogate: it could never be sent to the trainer, docs/PROTOCOL.md §2.5).
         """
         try:
-            _json.check(converter.unstructure(message))
+            _json.check(codec.unstructure_message(message))
         except _json.JSONError as exc:
             raise AgentError(f"the message cannot be sent as JSON: {exc}") from None
         if message.role == "assistant":

@@ -13,10 +13,10 @@ import click
 import trio
 from rich.console import Console
 
+from ._server.serve import serve
 from .agent import Agent
 from .config import ServerConfig
 from .errors import RolloutError
-from .serve import serve
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
 

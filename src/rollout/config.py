@@ -12,10 +12,9 @@ from typing import Any
 
 import attrs
 
-from ._policy import TrainerPolicy
-from .trainer import RetryPolicy
+from ._trainer.policy import TrainerPolicy
 
-__all__ = ["ServerConfig"]
+__all__ = ["RetryPolicy", "ServerConfig"]
 
 
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -29,6 +28,23 @@ def _entries(value: Iterable[str]) -> tuple[str, ...]:
 
 def _valid_allow_list(_: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     TrainerPolicy.from_entries(value)  # raises ValueError naming the entry
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How one kind of trainer request is retried. Times in seconds.
+
+    ``attempts`` counts the first try (``None``: unlimited, bounded by ``timeout``);
+    ``timeout`` bounds all attempts and waits together (``None``: only the caller's deadline);
+    ``request_timeout`` bounds one attempt (connect, each read and write).
+    """
+
+    attempts: int | None = 5
+    timeout: float | None = None
+    request_timeout: float = 300.0
+    wait_initial: float = 0.5
+    wait_max: float = 10.0
+    wait_jitter: float = 1.0
 
 
 @attrs.frozen
@@ -66,7 +82,7 @@ class ServerConfig:
       httpcore polls every pooled connection on each request, so at 64 concurrent rollouts
       keeping 64 alive cost twice the CPU of keeping 16 (``nox -s bench``). Raise it for
       trainers behind TLS, where a new connection costs a handshake.
-    - ``chat_retry`` / ``delivery_retry``: see :class:`~rollout.trainer.RetryPolicy`.
+    - ``chat_retry`` / ``delivery_retry``: see :class:`RetryPolicy`.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)

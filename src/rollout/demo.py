@@ -28,9 +28,9 @@ from rich.table import Table
 from mock_trainer import MockTrainer
 from mock_trainer import serve as serve_trainer
 
+from ._server.serve import serve
 from .config import ServerConfig
 from .examples.calculator import agent as calculator_agent
-from .serve import serve
 
 __all__ = ["DemoOutcome", "Problem", "load_problems", "run_demo", "summarize", "write_outcomes"]
 

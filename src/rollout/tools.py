@@ -31,8 +31,8 @@ import jsonschema
 import trio
 
 from ._json import JSON
+from ._wire.models import ToolCall
 from .errors import ToolError
-from .protocol import ToolCall
 
 __all__ = ["Tool", "ToolOutcome", "run_tool_call", "tool"]
 

@@ -16,7 +16,7 @@ import trio
 
 from conftest import PROCESS_TIMEOUT, Trainer, init_body
 from rollout import create_app
-from rollout.supervisor import Supervisor
+from rollout._server.supervisor import Supervisor
 
 AGENTS = Path(__file__).parent / "agents"
 

@@ -13,11 +13,11 @@ import httpx
 import trio
 
 from conftest import Trainer, init_body, make_config, server_process
+from rollout._server.outbox import Outbox
+from rollout._server.supervisor import Supervisor
+from rollout._trainer.client import TrainerClient
+from rollout._wire.validation import parse_init_request
 from rollout.examples.calculator import agent as calculator
-from rollout.outbox import Outbox
-from rollout.protocol import parse_init_request
-from rollout.supervisor import Supervisor
-from rollout.trainer import TrainerClient
 
 FINAL = {
     "choices": [{"message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}],

@@ -12,10 +12,20 @@ import pytest
 import trio
 import trio.testing
 
-from rollout import Agent, AgentError, Message, RolloutContext, tool
+from rollout import (
+    Agent,
+    AgentError,
+    Completion,
+    CompletionParams,
+    FinishReason,
+    Message,
+    RolloutContext,
+    ToolCall,
+    Usage,
+    tool,
+)
 from rollout._json import JSON
 from rollout.agent import ChatSender, tool_loop
-from rollout.protocol import Completion, CompletionParams, FinishReason, ToolCall, Usage
 
 
 @attrs.define

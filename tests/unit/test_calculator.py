@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rollout import Message, Trajectory
+from rollout import FinishReason, Message, ToolCall, Trajectory
 from rollout.examples.calculator import agent, extract_number, reward
-from rollout.protocol import FinishReason, ToolCall
 from rollout.tools import run_tool_call
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.outbox import Delivered, Outbox, OutboxError, PendingResult
+from rollout._server.outbox import Delivered, Outbox, OutboxError, PendingResult
 
 
 def _pending(rollout_id: str, **result: object) -> PendingResult:

@@ -1,4 +1,4 @@
-"""The trainer policy (rollout._policy): which trainers an init may name, and which
+"""The trainer policy (rollout._trainer.policy): which trainers an init may name, and which
 addresses a connection may reach (docs/PROTOCOL.md §8: no SSRF)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from rollout import ServerConfig
-from rollout._policy import HostEntry, TrainerPolicy, parse_allow_entry
+from rollout._trainer.policy import HostEntry, TrainerPolicy, parse_allow_entry
 
 DEFAULT = TrainerPolicy()
 

@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rollout import Agent, Message, Trajectory
-from rollout.protocol import FinishReason, ToolCall
+from rollout import Agent, FinishReason, Message, ToolCall, Trajectory
 from rollout.tools import run_tool_call
 
 README = Path(__file__).parents[2] / "README.md"

@@ -10,8 +10,7 @@ from typing import Any, Literal
 import pytest
 import trio
 
-from rollout import ToolError, tool
-from rollout.protocol import ToolCall
+from rollout import ToolCall, ToolError, tool
 from rollout.tools import Tool, run_tool_call
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollout._server.supervisor import Supervisor
 from rollout.examples.calculator import agent
-from rollout.supervisor import Supervisor
 
 
 def _broken_done(self: Supervisor, *args: Any) -> None:

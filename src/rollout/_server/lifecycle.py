@@ -1,7 +1,7 @@
 """One rollout, from start to result: scopes, budgets, reward, and every way it can end.
 
 :func:`run_rollout` never raises for anything the trainer, the tools, the model or the agent
-did: every ending becomes a :class:`~rollout.protocol.RolloutResult` (docs/PROTOCOL.md §7.6).
+did: every ending becomes a :class:`~rollout.RolloutResult` (docs/PROTOCOL.md §7.6).
 The nesting of scopes is the whole design::
 
     with run_scope:                  # wall-clock deadline; the supervisor cancels it on shutdown
@@ -33,11 +33,12 @@ from contextlib import AbstractAsyncContextManager
 import attrs
 import trio
 
-from . import _json
-from .agent import Agent, RolloutContext, Trajectory
-from .errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
-from .protocol import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
-from .trainer import CHAT_PATH, TrainerClient
+from .. import _json
+from .._trainer.client import CHAT_PATH, TrainerClient
+from .._wire import codec
+from .._wire.models import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
+from ..agent import Agent, RolloutContext, Trajectory
+from ..errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
 
 __all__ = ["RunControl", "encode_result", "internal_error_result", "run_rollout"]
 
@@ -180,7 +181,7 @@ def encode_result(result: RolloutResult) -> bytes:
     carry, the result becomes an ``ERROR`` that says so, without the trajectory.
     """
     try:
-        return _json.dumps(result.to_json())
+        return _json.dumps(codec.result_json(result))
     except _json.JSONError as exc:
         fallback = attrs.evolve(
             result,
@@ -191,7 +192,7 @@ def encode_result(result: RolloutResult) -> bytes:
             extra_fields=JSONObject({}),
             error_message=f"the result could not be encoded as JSON ({exc}); trajectory left out",
         )
-        return _json.dumps(fallback.to_json())
+        return _json.dumps(codec.result_json(fallback))
 
 
 class _RewardFailed(Exception):

@@ -11,19 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import fixture_json
-from rollout.protocol import (
-    CompletionParams,
-    FinishReason,
-    Message,
-    Metrics,
-    RolloutResult,
-    Status,
-    ValidationError,
-    chat_request,
-    converter,
-    parse_completion,
-    parse_init_request,
-)
+from rollout import CompletionParams, FinishReason, Message, Metrics, RolloutResult, Status
+from rollout._trainer.chat import chat_request, parse_completion
+from rollout._wire import codec
+from rollout._wire.validation import ValidationError, parse_init_request
 
 
 def _detail(body: Any) -> list[dict[str, Any]]:
@@ -38,7 +29,7 @@ def test_the_captured_init_request_parses() -> None:
 
     assert request.rollout_id == body["rollout_id"]
     assert request.server_url == body["server_url"].rstrip("/")
-    assert [converter.unstructure(m) for m in request.messages] == [
+    assert [codec.unstructure(m) for m in request.messages] == [
         {"content": m.get("content"), **m} for m in body["messages"]
     ]
     assert request.max_turns == body.get("max_turns", 10)
@@ -65,8 +56,8 @@ def test_the_captured_turn_two_request_is_rebuilt_key_for_key() -> None:
     back unchanged, and the chat request built from the captured init has the keys the
     reference sends."""
     golden = fixture_json("05_chat_request_turn2.json")
-    messages = [converter.structure(m, Message) for m in golden["messages"]]
-    assert [converter.unstructure(m) for m in messages] == golden["messages"]
+    messages = [codec.structure(m, Message) for m in golden["messages"]]
+    assert [codec.unstructure(m) for m in messages] == golden["messages"]
 
     init = parse_init_request(fixture_json("01_init_request.json"))
     body = chat_request(init.rollout_id, messages, init.completion_params, [])
@@ -85,7 +76,7 @@ def test_a_result_has_the_keys_and_order_of_the_captured_callback() -> None:
         metrics=Metrics(),
         reward=1.0,
     )
-    body = result.to_json()
+    body = codec.result_json(result)
 
     assert list(body) == list(golden)
     assert set(body["metrics"]) == set(golden["metrics"])
@@ -220,9 +211,9 @@ _messages: st.SearchStrategy[dict[str, Any]] = st.one_of(
 
 @given(_messages)
 def test_a_message_round_trips_unchanged(message: dict[str, Any]) -> None:
-    structured = converter.structure(message, Message)
-    back = converter.unstructure(structured)
+    structured = codec.structure(message, Message)
+    back = codec.unstructure(structured)
 
     assert back == message
-    assert converter.structure(back, Message) == structured
+    assert codec.structure(back, Message) == structured
     assert json.loads(json.dumps(back)) == message

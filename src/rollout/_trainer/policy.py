@@ -33,7 +33,7 @@ import attrs
 import httpcore
 import trio
 
-from .errors import TrainerNotAllowedError
+from ..errors import TrainerNotAllowedError
 
 __all__ = ["PolicyBackend", "TrainerPolicy", "parse_allow_entry"]
 

@@ -39,13 +39,14 @@ from functools import partial
 import attrs
 import trio
 
-from .agent import Agent
-from .config import ServerConfig
-from .errors import TrainerError, TrainerHTTPError, TrainerTransportError
+from .._trainer.client import CHAT_PATH, SYNC_COMPLETIONS_PATH, TrainerClient, redact_url
+from .._wire import codec
+from .._wire.models import InitRequest, InitResponse, RolloutResult
+from ..agent import Agent
+from ..config import ServerConfig
+from ..errors import TrainerError, TrainerHTTPError, TrainerTransportError
 from .lifecycle import RunControl, encode_result, internal_error_result, run_rollout
 from .outbox import Delivered, Outbox, PendingResult
-from .protocol import InitRequest, InitResponse, RolloutResult
-from .trainer import CHAT_PATH, SYNC_COMPLETIONS_PATH, TrainerClient, redact_url
 
 __all__ = ["AdmissionError", "Conflict", "Draining", "Overloaded", "Supervisor"]
 
@@ -285,7 +286,7 @@ class Supervisor:
         :class:`Overloaded` too. Must be called while :meth:`run` is running.
         """
         self._forget_expired()
-        digest = hashlib.sha256(request.canonical_json()).digest()
+        digest = hashlib.sha256(codec.canonical_init(request)).digest()
         record, what = None, "rollout_id"
         if request.idempotency_key is not None:
             owner = self._keys.get(request.idempotency_key)

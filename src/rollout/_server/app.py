@@ -26,20 +26,17 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import _json as _jsonlib
-from ._policy import PolicyBackend, TrainerPolicy
-from .agent import Agent
-from .config import ServerConfig
+from .. import _json as _jsonlib
+from .._trainer.client import TrainerClient
+from .._trainer.policy import PolicyBackend, TrainerPolicy
+from .._wire import codec
+from .._wire.models import InitRequest
+from .._wire.sync import parse_sync_request
+from .._wire.validation import ValidationError, parse_init_request
+from ..agent import Agent
+from ..config import ServerConfig
 from .lifecycle import encode_result
-from .protocol import (
-    InitRequest,
-    ValidationError,
-    converter,
-    parse_init_request,
-    parse_sync_request,
-)
 from .supervisor import AdmissionError, Supervisor
-from .trainer import TrainerClient
 
 __all__ = ["create_app", "supervisor_of"]
 
@@ -187,7 +184,7 @@ def create_app(
             log.info(
                 "rollout %s: duplicate init, answered from the record", init_request.rollout_id
             )
-        return _json(converter.unstructure(response), 202)
+        return _json(codec.unstructure(response), 202)
 
     @app.post("/rollout")
     async def rollout_sync() -> Response:

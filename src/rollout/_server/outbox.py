@@ -30,9 +30,9 @@ from typing import Any
 
 import attrs
 
-from . import _json
-from .errors import RolloutError
-from .protocol import check_api_key, check_server_url
+from .. import _json
+from .._wire.models import check_api_key, check_server_url
+from ..errors import RolloutError
 
 __all__ = ["Delivered", "Outbox", "OutboxError", "PendingResult"]
 

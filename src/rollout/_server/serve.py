@@ -24,10 +24,10 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from .agent import Agent
+from ..agent import Agent
+from ..config import ServerConfig
+from ..errors import EngineFailure
 from .app import create_app, supervisor_of
-from .config import ServerConfig
-from .errors import EngineFailure
 from .outbox import Outbox
 from .supervisor import Supervisor
 

@@ -18,14 +18,15 @@ import math
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-import attrs
 import httpx
 import stamina
 import trio
 
-from . import _json
-from ._json import JSON
-from .errors import (
+from .. import _json
+from .._json import JSON
+from .._wire.validation import ValidationError
+from ..config import RetryPolicy
+from ..errors import (
     AgentError,
     MalformedCompletionError,
     TrainerError,
@@ -33,7 +34,7 @@ from .errors import (
     TrainerHTTPError,
     TrainerTransportError,
 )
-from .protocol import Completion, RolloutResult, ValidationError, parse_completion
+from .chat import Completion, parse_completion
 
 __all__ = ["RetryPolicy", "TrainerClient", "endpoint", "redact_url"]
 
@@ -47,23 +48,6 @@ COMPLETED_PATH = "/v1/rollout/completed"
 _BODY_EXCERPT_CHARS = 300
 #: How much of an acknowledgement's body is read (and dropped) to keep its connection.
 _DISCARD_BYTES = 64 * 1024
-
-
-@attrs.frozen
-class RetryPolicy:
-    """How one kind of trainer request is retried. Times in seconds.
-
-    ``attempts`` counts the first try (``None``: unlimited, bounded by ``timeout``);
-    ``timeout`` bounds all attempts and waits together (``None``: only the caller's deadline);
-    ``request_timeout`` bounds one attempt (connect, each read and write).
-    """
-
-    attempts: int | None = 5
-    timeout: float | None = None
-    request_timeout: float = 300.0
-    wait_initial: float = 0.5
-    wait_max: float = 10.0
-    wait_jitter: float = 1.0
 
 
 def _retry_hook(exc: Exception) -> bool | float:
@@ -186,17 +170,11 @@ class TrainerClient:
                 body=_excerpt(raw),
             ) from None
 
-    async def deliver(self, server_url: str, result: RolloutResult, *, api_key: str | None) -> None:
-        """Post a result until a 2xx acknowledges it (any 2xx, docs/PROTOCOL.md §5.3).
-
-        Retries per :attr:`delivery_policy`. The result is sent unchanged on every attempt:
-        a delivery failure never rewrites it. Raises :class:`~rollout.errors.TrainerError`
-        when it could not be delivered.
-        """
-        await self.deliver_bytes(server_url, _json.dumps(result.to_json()), api_key=api_key)
-
     async def deliver_bytes(self, server_url: str, content: bytes, *, api_key: str | None) -> None:
-        """:meth:`deliver` for a result already encoded (e.g. from the outbox)."""
+        """Post an encoded result until a 2xx acknowledges it (any 2xx, whatever its body,
+        docs/PROTOCOL.md §5.3). Retries per :attr:`delivery_policy`; the same bytes are sent
+        on every attempt. Raises :class:`~rollout.errors.TrainerError` when it could not be
+        delivered."""
         url = endpoint(server_url, COMPLETED_PATH)
         await self._post(url, content, api_key, self.delivery_policy, read=False)
 

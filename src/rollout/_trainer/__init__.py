@@ -1,0 +1,1 @@
+"""Talking to trainers: the chat format, the HTTP client with retries, the trainer policy."""
