@@ -179,6 +179,8 @@ class RolloutContext:
         self.max_turns = max_turns
         self.max_tokens_total = max_tokens_total
         self._messages: list[Message] = list(messages)
+        # The history as wire JSON, converted once per message (it is append-only).
+        self._wire: list[dict[str, JSON]] = [codec.unstructure_message(m) for m in messages]
         self._params = params
         self._agent = agent
         self._tools = {t.name: t for t in agent.tools}
@@ -186,11 +188,11 @@ class RolloutContext:
         self._tool_limiter = tool_limiter
         self._unanswered: dict[str, None] = {}  # tool_call ids of the last assistant message
         self._last_finish_reason: str | None = None
-        self.counters = _Counters()
-        #: The scope budgets cancel; the runner opens it around the agent loop.
-        self.budget_scope = trio.CancelScope()
-        #: Which budget ended the loop, set just before :attr:`budget_scope` is cancelled.
-        self.budget_exhausted: FinishReason | None = None
+        self._counters = _Counters()
+        #: The scope budgets cancel; :meth:`_run` opens it around the agent loop.
+        self._budget_scope = trio.CancelScope()
+        #: Which budget ended the loop, set just before :attr:`_budget_scope` is cancelled.
+        self._budget_exhausted: FinishReason | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -207,12 +209,12 @@ class RolloutContext:
     @property
     def turns(self) -> int:
         """Chat requests answered so far."""
-        return self.counters.llm_calls
+        return self._counters.llm_calls
 
     @property
     def completion_tokens(self) -> int:
         """Sum of ``usage.completion_tokens`` so far, the quantity ``max_tokens_total`` bounds."""
-        return self.counters.completion_tokens
+        return self._counters.completion_tokens
 
     @property
     def finish_reason(self) -> FinishReason:
@@ -229,7 +231,7 @@ class RolloutContext:
         Raises :class:`~rollout.errors.AgentError` when tool calls of the previous assistant
         message are unanswered (docs/PROTOCOL.md §7.2), and
         :class:`~rollout.errors.TrainerError` when the trainer fails after its retries.
-        When a budget is spent it cancels :attr:`budget_scope` instead of sending
+        When a budget is spent it ends the agent loop (from outside it) instead of sending
         (docs/PROTOCOL.md §7.4).
         """
         if self._unanswered:
@@ -241,23 +243,26 @@ class RolloutContext:
             await self._exhausted(FinishReason.MAX_TURNS)
         if self.completion_tokens >= self.max_tokens_total:
             await self._exhausted(FinishReason.MAX_TOKENS)
-        body = chat_request(self.rollout_id, self._messages, self._params, self._agent.tool_schemas)
+        body = chat_request(
+            self.rollout_id, list(self._wire), self._params, self._agent.tool_schemas
+        )
         started = trio.current_time()
         try:
             completion = await self._send_chat(body)
         finally:
-            self.counters.llm_seconds += trio.current_time() - started
+            self._counters.llm_seconds += trio.current_time() - started
         usage = completion.usage
-        self.counters.llm_calls += 1
-        self.counters.prompt_tokens += usage.prompt_tokens
-        self.counters.completion_tokens += usage.completion_tokens
-        self.counters.max_context_tokens = max(
-            self.counters.max_context_tokens,
+        self._counters.llm_calls += 1
+        self._counters.prompt_tokens += usage.prompt_tokens
+        self._counters.completion_tokens += usage.completion_tokens
+        self._counters.max_context_tokens = max(
+            self._counters.max_context_tokens,
             usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
         )
         self._last_finish_reason = completion.finish_reason
         message = completion.message
         self._messages.append(message)
+        self._wire.append(codec.unstructure_message(message))
         self._unanswered = dict.fromkeys(call.id for call in message.tool_calls or ())
         return message
 
@@ -285,7 +290,7 @@ class RolloutContext:
                 for index in range(len(calls)):
                     nursery.start_soon(run, index)
         finally:
-            self.counters.tool_seconds += trio.current_time() - started
+            self._counters.tool_seconds += trio.current_time() - started
         replies = tuple(
             Message.tool(call.id, _json.clean_text(content))
             for call, content in zip(calls, contents, strict=True)
@@ -303,8 +308,9 @@ class RolloutContext:
         tool calls are unanswered, and for a message that strict JSON cannot carry (NaN,
         a lone surrogate: it could never be sent to the trainer, docs/PROTOCOL.md §2.5).
         """
+        wire = codec.unstructure_message(message)
         try:
-            _json.check(codec.unstructure_message(message))
+            _json.check(wire)
         except _json.JSONError as exc:
             raise AgentError(f"the message cannot be sent as JSON: {exc}") from None
         if message.role == "assistant":
@@ -315,13 +321,27 @@ class RolloutContext:
                     f"tool message for {message.tool_call_id!r} answers no unanswered tool call"
                 )
             del self._unanswered[message.tool_call_id]
-            self.counters.tool_calls += 1
+            self._counters.tool_calls += 1
         elif self._unanswered:
             raise AgentError("tool messages must directly follow their assistant message")
         self._messages.append(message)
+        self._wire.append(wire)
+
+    # ------------------------------------------------------------------ for the runner
+
+    async def _run(self) -> FinishReason:
+        """Run the agent's loop inside the budget scope; returns why it ended (a budget,
+        or the model's own finish reason). Called once, by the server's lifecycle."""
+        with self._budget_scope:
+            await self._agent.loop(self)
+        return self._budget_exhausted or self.finish_reason
+
+    def _metrics(self, total_seconds: float) -> Metrics:
+        """The result's metrics, the whole rollout having taken ``total_seconds``."""
+        return self._counters.metrics(total_seconds)
 
     async def _exhausted(self, reason: FinishReason) -> Any:
-        self.budget_exhausted = reason
-        self.budget_scope.cancel()
+        self._budget_exhausted = reason
+        self._budget_scope.cancel()
         await trio.lowlevel.checkpoint()  # raises Cancelled: the agent stops here
         raise AssertionError("unreachable: the budget scope was cancelled")  # pragma: no cover

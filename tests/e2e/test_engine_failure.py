@@ -16,7 +16,7 @@ import trio
 
 from conftest import PROCESS_TIMEOUT, Trainer, init_body
 from rollout import create_app
-from rollout._server.supervisor import Supervisor
+from rollout._server.admission import Admission
 
 AGENTS = Path(__file__).parent / "agents"
 
@@ -24,10 +24,10 @@ AGENTS = Path(__file__).parent / "agents"
 async def test_a_failed_engine_is_reported_by_health_and_refuses_inits(
     trainer: Trainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_done(self: Supervisor, *args: object) -> None:
+    def broken_finish(self: Admission, *args: object) -> None:
         raise RuntimeError("a bug in the engine's bookkeeping")
 
-    monkeypatch.setattr(Supervisor, "_done", broken_done)
+    monkeypatch.setattr(Admission, "finish", broken_finish)
     from rollout.examples.calculator import agent
 
     app = create_app(agent)

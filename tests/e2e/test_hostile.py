@@ -147,8 +147,6 @@ async def test_a_poisoned_chat_answer_ends_one_rollout_only(
         "healthy": 1,
         "after": 1,
     }
-    if kind == "huge":  # the server hung up long before the trainer was done
-        assert poison_trainer.huge_sent < 64 * 1024 * 1024
 
 
 @pytest.mark.parametrize("kind", sorted(COMPLETED_POISONS))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from poison_trainer import HUGE_BYTES, serving_poison_trainer
+from poison_trainer import serving_poison_trainer
 
 from conftest import Trainer, init_body, server_process
 
@@ -35,6 +35,5 @@ async def test_a_huge_trainer_answer_keeps_the_server_small(tmp_path: Path) -> N
 
     assert result["status"] == "ERROR"
     assert "the limit" in result["error_message"]
-    assert trainer.huge_sent < HUGE_BYTES  # the server hung up long before the end
     print(f"server peak RSS {peak / 2**20:.0f} MiB (bound {PEAK_RSS_BOUND / 2**20:.0f} MiB)")
     assert peak < PEAK_RSS_BOUND

@@ -85,7 +85,7 @@ def make_context(
 
 
 async def run_loop(ctx: RolloutContext) -> None:
-    with ctx.budget_scope:
+    with ctx._budget_scope:
         await tool_loop(ctx)
 
 
@@ -101,7 +101,7 @@ async def test_each_chat_request_extends_the_previous_one() -> None:
     assert [m["role"] for m in second] == ["system", "user", "assistant", "tool"]
     assert second[3] == {"role": "tool", "content": "a", "tool_call_id": "c0"}
     assert [m.role for m in ctx.messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert ctx.budget_exhausted is None
+    assert ctx._budget_exhausted is None
     assert ctx.finish_reason is FinishReason.STOP
 
 
@@ -172,7 +172,7 @@ async def test_tool_calls_run_concurrently_and_are_appended_in_call_order(
         ("c2", "middle"),
     ]
     assert ctx.messages[-3:] == replies
-    assert ctx.counters.tool_calls == 3
+    assert ctx._counters.tool_calls == 3
 
 
 async def test_a_failing_tool_call_is_answered_with_an_error_text() -> None:
@@ -194,8 +194,8 @@ async def test_max_turns_stops_before_the_next_chat_request() -> None:
     await run_loop(ctx)
 
     assert len(chat.bodies) == 3
-    assert ctx.budget_exhausted is FinishReason.MAX_TURNS
-    assert ctx.budget_scope.cancelled_caught
+    assert ctx._budget_exhausted is FinishReason.MAX_TURNS
+    assert ctx._budget_scope.cancelled_caught
     assert ctx.messages[-1].role == "tool"  # the last turn's calls were answered
 
 
@@ -209,7 +209,7 @@ async def test_max_tokens_total_stops_once_the_sum_is_reached() -> None:
 
     assert len(chat.bodies) == 3  # 40, 80, 120: the fourth request is never sent
     assert ctx.completion_tokens == 120
-    assert ctx.budget_exhausted is FinishReason.MAX_TOKENS
+    assert ctx._budget_exhausted is FinishReason.MAX_TOKENS
 
 
 async def test_a_truncated_completion_finishes_with_length() -> None:

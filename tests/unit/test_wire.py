@@ -60,7 +60,8 @@ def test_the_captured_turn_two_request_is_rebuilt_key_for_key() -> None:
     assert [codec.unstructure(m) for m in messages] == golden["messages"]
 
     init = parse_init_request(fixture_json("01_init_request.json"))
-    body = chat_request(init.rollout_id, messages, init.completion_params, [])
+    wire = [codec.unstructure(m) for m in messages]
+    body = chat_request(init.rollout_id, wire, init.completion_params, [])
     reference_keys = set(fixture_json("03_chat_request_turn1.json"))
     assert reference_keys <= set(body)
     assert body["messages"] == golden["messages"]
@@ -137,7 +138,7 @@ def test_completion_params_keep_every_unknown_key_for_the_chat_request() -> None
         "completion_params": {"temperature": 0.2, "stop": "END", "seed": 7, "top_k": {"a": [1]}},
     }
     params = parse_init_request(body).completion_params
-    request = chat_request("r", [Message.user("q")], params, [])
+    request = chat_request("r", [codec.unstructure(Message.user("q"))], params, [])
 
     assert params == CompletionParams(
         temperature=0.2, stop=("END",), extra={"seed": 7, "top_k": {"a": [1]}}

@@ -35,8 +35,9 @@ from .._wire.sync import parse_sync_request
 from .._wire.validation import ValidationError, parse_init_request
 from ..agent import Agent
 from ..config import ServerConfig
+from .admission import AdmissionError
 from .lifecycle import encode_result
-from .supervisor import AdmissionError, Supervisor
+from .supervisor import Supervisor
 
 __all__ = ["create_app", "supervisor_of"]
 

@@ -4,10 +4,10 @@
 did: every ending becomes a :class:`~rollout.RolloutResult` (docs/PROTOCOL.md §7.6).
 The nesting of scopes is the whole design::
 
-    with run_scope:                  # wall-clock deadline; the supervisor cancels it on shutdown
-        async with queue slot:       # waiting for a free slot counts against the deadline
-            with ctx.budget_scope:   # max_turns / max_tokens_total (cancelled by ctx.chat())
-                await agent.loop(ctx)
+    with control.scope:              # wall-clock deadline; cancelled on shutdown
+        async with control.slots:    # waiting for a free slot counts against the deadline
+            await ctx._run()         # the agent loop in the budget scope (max_turns,
+                                     # max_tokens_total: cancelled by ctx.chat())
             reward = await agent.score(...)
 
 | how it ended                      | status    | finish_reason           | reward   |
@@ -25,20 +25,20 @@ trajectory so far and real metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 import attrs
 import trio
 
 from .. import _json
-from .._trainer.client import CHAT_PATH, TrainerClient
+from .._trainer.client import TrainerClient
 from .._wire import codec
 from .._wire.models import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
 from ..agent import Agent, RolloutContext, Trajectory
 from ..errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
+from .phases import Phase, Tally
 
 __all__ = ["RunControl", "encode_result", "internal_error_result", "run_rollout"]
 
@@ -47,18 +47,38 @@ log = logging.getLogger("rollout.lifecycle")
 
 @attrs.define(eq=False)
 class RunControl:
-    """The handle the supervisor keeps on one running rollout.
+    """One accepted rollout as the server steers it: its deadline, start time and phase.
 
-    ``scope`` bounds the whole run with the wall-clock deadline; :meth:`shut_down` cancels it
-    with the reason "shutdown" instead of "timeout". ``echo_trainer_body``: whether an
-    error message may quote the trainer's answer (only when the result goes back to that
-    trainer, docs/PROTOCOL.md §4.3).
+    - ``scope`` bounds the whole run: its deadline is ``timeout`` seconds after
+      ``started_at`` (the Trio time of the ``202``: queueing counts); :meth:`shut_down`
+      cancels it with the reason "shutdown" instead of "timeout";
+    - ``phase`` is where the rollout is (:class:`~rollout._server.phases.Phase`), counted in
+      ``tally`` with the ``size`` in bytes it holds; :meth:`enter` moves it;
+    - ``slots``: the concurrency limit it waits for before its agent runs (None: no wait);
+    - ``echo_trainer_body``: whether an error message may quote the trainer's answer (only
+      when the result goes back to that trainer, docs/PROTOCOL.md §4.3).
     """
 
-    scope: trio.CancelScope
+    tally: Tally
     timeout: float
-    shutting_down: bool = False
+    size: int = 0
+    phase: Phase = Phase.QUEUED
+    slots: trio.CapacityLimiter | None = None
     echo_trainer_body: bool = True
+    started_at: float = attrs.field(factory=trio.current_time)
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    shutting_down: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.scope.deadline = self.started_at + self.timeout
+        self.tally.add(self.phase, self.size)
+
+    def enter(self, phase: Phase, *, size: int | None = None) -> None:
+        """Move to ``phase``, now holding ``size`` bytes (default: as before; none when
+        DONE)."""
+        new_size = 0 if phase is Phase.DONE else self.size if size is None else size
+        self.tally.move(self.phase, self.size, phase, new_size)
+        self.phase, self.size = phase, new_size
 
     def shut_down(self) -> None:
         self.shutting_down = True
@@ -71,22 +91,18 @@ async def run_rollout(
     trainer: TrainerClient,
     control: RunControl,
     *,
-    slot: Callable[[], AbstractAsyncContextManager[object]],
-    started_at: float,
     tool_limiter: trio.CapacityLimiter | None = None,
-    chat_path: str = CHAT_PATH,
 ) -> RolloutResult:
     """Run ``agent`` on ``request`` and return its one result. Never raises but
     :class:`trio.Cancelled` from a scope *outside* ``control.scope``.
 
-    ``slot()`` is entered before the agent starts (the supervisor's concurrency limit);
-    ``started_at`` is the Trio time the rollout was accepted, from which the deadline and
-    ``total_latency_ms`` are counted. ``chat_path`` is where LLM turns go under
-    ``server_url`` (the synchronous variant, docs/PROTOCOL.md §6, uses ``/v1/completions``).
+    Waits for one of ``control.slots``, then enters RUNNING; ``total_latency_ms`` counts
+    from ``control.started_at``. LLM turns go where ``trainer`` sends chat requests (the
+    synchronous variant's client uses ``/v1/completions``, docs/PROTOCOL.md §6).
     """
 
     async def send_chat(body: dict[str, object]) -> object:
-        return await trainer.chat(request.server_url, body, api_key=request.api_key, path=chat_path)
+        return await trainer.chat(request.server_url, body, api_key=request.api_key)
 
     ctx = RolloutContext(
         rollout_id=request.rollout_id,
@@ -102,10 +118,9 @@ async def run_rollout(
     status, finish, reward, error = Status.ERROR, FinishReason.ERROR, None, None
     with control.scope:
         try:
-            async with slot():
-                with ctx.budget_scope:
-                    await agent.loop(ctx)
-                finish = ctx.budget_exhausted or ctx.finish_reason
+            async with control.slots or contextlib.nullcontext():
+                control.enter(Phase.RUNNING)
+                finish = await ctx._run()
                 trajectory = Trajectory(request.rollout_id, ctx.messages, request.metadata, finish)
                 try:
                     reward = await agent.score(trajectory)
@@ -143,7 +158,7 @@ async def run_rollout(
         status=status,
         final_messages=ctx.messages,
         finish_reason=finish,
-        metrics=ctx.counters.metrics(trio.current_time() - started_at),
+        metrics=ctx._metrics(trio.current_time() - control.started_at),
         error_message=error,
         reward=reward,
     )

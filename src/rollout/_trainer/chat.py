@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from attrs import frozen
 
 from .._json import JSON, thaw
-from .._wire import codec
 from .._wire.models import CompletionParams, Message
 from .._wire.validation import ValidationError, _detail, structure_or_raise
 
@@ -51,12 +50,14 @@ class _CompletionBody:
 
 def chat_request(
     rollout_id: str,
-    messages: Sequence[Message],
+    messages: Sequence[Mapping[str, JSON]],
     params: CompletionParams,
     tools: Sequence[Mapping[str, JSON]],
 ) -> dict[str, JSON]:
     """The JSON body of ``POST {server_url}/v1/chat/completions`` (docs/PROTOCOL.md §4.1).
 
+    ``messages`` is the history already as wire JSON (:func:`rollout._wire.codec.unstructure`
+    of each message, done once per message by the caller: the history only grows).
     Keys as the reference sends them (``tests/fixtures/03_chat_request_turn1.json``): ``model``
     ("default"), the full ``messages`` history, ``rollout_id``, ``temperature``, ``top_p``,
     ``max_tokens``, ``stop`` (omitted when none) and ``logprobs``; then every other sampling
@@ -65,7 +66,7 @@ def chat_request(
     """
     body: dict[str, JSON] = {
         "model": "default",
-        "messages": [codec.unstructure_message(m) for m in messages],
+        "messages": list(messages),
         "rollout_id": rollout_id,
         "temperature": params.temperature,
         "top_p": params.top_p,

@@ -129,12 +129,26 @@ class TrainerClient:
         chat: RetryPolicy,
         delivery: RetryPolicy,
         max_response_bytes: int = 8 * 1024 * 1024,
+        chat_path: str = CHAT_PATH,
     ) -> None:
         _redact_httpx_logs()
         self.http = http
         self.chat_policy = chat
         self.delivery_policy = delivery
         self.max_response_bytes = max_response_bytes
+        #: Where LLM turns go under ``server_url``: the path of the protocol revision served.
+        self.chat_path = chat_path
+
+    def for_chat_path(self, path: str) -> TrainerClient:
+        """This client (same connections and policies) sending LLM turns to ``path``; the
+        synchronous variant uses :data:`SYNC_COMPLETIONS_PATH` (docs/PROTOCOL.md §6)."""
+        return TrainerClient(
+            self.http,
+            chat=self.chat_policy,
+            delivery=self.delivery_policy,
+            max_response_bytes=self.max_response_bytes,
+            chat_path=path,
+        )
 
     async def chat(
         self,
@@ -142,7 +156,6 @@ class TrainerClient:
         body: Mapping[str, JSON],
         *,
         api_key: str | None,
-        path: str = CHAT_PATH,
     ) -> Completion:
         """Send one chat request and parse the completion.
 
@@ -155,7 +168,7 @@ class TrainerClient:
         address) and :class:`~rollout.errors.AgentError` when the agent's history cannot be
         encoded as strict JSON.
         """
-        url = endpoint(server_url, path)
+        url = endpoint(server_url, self.chat_path)
         try:
             content = _json.dumps(body)
         except _json.JSONError as exc:
