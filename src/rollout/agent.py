@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
-from . import _json
+from . import _json, _threads
 from ._json import JSON
 from ._trainer.chat import Completion, chat_request
 from ._wire import codec
@@ -96,6 +97,10 @@ class Agent:
     """An agent: ``name`` (reported by ``GET /health`` as ``agent_loop``), its ``tools``,
     its ``loop`` (default :func:`tool_loop`) and an optional ``reward`` function.
 
+    A sync ``reward`` runs in a worker thread; cancelled by the rollout's deadline, that
+    thread is abandoned (it runs on until the function returns), counted in ``/health`` as
+    ``abandoned_threads`` and logged, as for sync tools (see :func:`~rollout.tool`).
+
     Raises :class:`ValueError` when two tools share a name.
     """
 
@@ -121,7 +126,9 @@ class Agent:
         if inspect.iscoroutinefunction(self.reward):
             value = await self.reward(trajectory)
         else:
-            value = await trio.to_thread.run_sync(self.reward, trajectory, abandon_on_cancel=True)
+            value = await _threads.run_sync(
+                partial(self.reward, trajectory), limiter=None, what="the reward function"
+            )
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):

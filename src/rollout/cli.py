@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import click
+import stamina
 import trio
 from rich.console import Console
 
@@ -57,6 +58,9 @@ def _configure_logging(level: str) -> None:
     )
     # httpx logs every request at INFO: one line per LLM turn is noise at the default level.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The trainer client logs each retry with its URL, attempt, wait and cause; stamina's
+    # own line ("stamina.retry_scheduled") would only repeat it without saying what.
+    stamina.instrumentation.set_on_retry_hooks([])
 
 
 @click.group()

@@ -30,6 +30,7 @@ import docstring_parser
 import jsonschema
 import trio
 
+from . import _threads
 from ._json import JSON
 from ._wire.models import ToolCall
 from .errors import ToolError
@@ -122,6 +123,12 @@ def tool(
     :class:`enum.Enum` subclasses and unions of these (``T | None``). Parameters with a
     default are optional. Raises :class:`TypeError` for ``*args``/``**kwargs`` or an
     unsupported annotation, so a bad tool fails at import time, not mid-rollout.
+
+    A sync function runs in a worker thread (``ServerConfig.max_tool_threads`` of them for
+    all rollouts). A thread cannot be interrupted: when the rollout's deadline passes, the
+    rollout ends and the thread is abandoned, running on (and holding its worker) until the
+    function returns; ``/health`` counts such threads (``abandoned_threads``) and each is
+    logged. Give blocking tools their own timeouts, or write them ``async``.
     """
     if function is None:
         return partial(tool, name=name, description=description)
@@ -221,7 +228,7 @@ async def run_tool_call(
         if not isinstance(arguments, dict):
             raise ToolError("arguments must be a JSON object")
         found.validate(arguments)
-        result = await _invoke(found.function, arguments, limiter)
+        result = await _invoke(call.name, found.function, arguments, limiter)
     except Exception as exc:
         if not isinstance(exc, ToolError):
             log.info("tool %r raised %s: %s", call.name, type(exc).__name__, exc)
@@ -232,13 +239,17 @@ async def run_tool_call(
 
 
 async def _invoke(
-    function: Callable[..., Any], arguments: dict[str, Any], limiter: trio.CapacityLimiter | None
+    name: str,
+    function: Callable[..., Any],
+    arguments: dict[str, Any],
+    limiter: trio.CapacityLimiter | None,
 ) -> Any:
     if inspect.iscoroutinefunction(function):
         return await function(**arguments)
-    # abandon_on_cancel: a deadline must not wait for a thread that cannot be interrupted.
-    return await trio.to_thread.run_sync(
-        partial(function, **arguments), abandon_on_cancel=True, limiter=limiter
+    # A deadline must not wait for a thread that cannot be interrupted: it is abandoned,
+    # counted and logged (rollout._threads).
+    return await _threads.run_sync(
+        partial(function, **arguments), limiter=limiter, what=f"tool {name!r}"
     )
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpcore
 import httpx
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -44,6 +46,8 @@ __all__ = ["create_app", "supervisor_of"]
 log = logging.getLogger("rollout.app")
 
 _SUPERVISOR = "rollout.supervisor"
+#: Init bodies larger than this (bytes) are decoded and validated in a worker thread.
+_PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 def supervisor_of(app: QuartTrio) -> Supervisor:
@@ -124,32 +128,44 @@ def create_app(
         await supervisor.drain()
         await supervisor.trainer.http.aclose()
 
-    async def read_body() -> tuple[Any, int, Response | None]:
+    async def read_init(
+        parse: Callable[[Any], InitRequest],
+    ) -> tuple[InitRequest | None, int, Response | None]:
         """Authenticate (before reading the body), check the content type, decode strict
-        JSON (docs/PROTOCOL.md §2.3 and §2.5). Returns the value, the body's size in bytes, and
-        the error answer if any."""
+        JSON and validate it with ``parse`` (docs/PROTOCOL.md §2.3 and §2.5). Returns the
+        init, the body's size in bytes, and the error answer if any.
+
+        A body over ``_PARSE_IN_THREAD_BYTES`` is decoded and validated in a worker thread,
+        so a large init does not stall every other request on the event loop."""
         if supervisor_of(app).failed.is_set():
             return None, 0, _refused_early(503, "the rollout engine stopped; shutting down")
         if expected_key is not None:
             token = _bearer_token(request.headers.get("authorization", ""))
             given = token.encode("utf-8", "replace") if token is not None else b""
             if not hmac.compare_digest(given, expected_key):
-                return (
-                    None,
-                    0,
-                    _refused_early(
-                        401, "Invalid or missing API key", {"www-authenticate": "Bearer"}
-                    ),
-                )
+                challenge = {"www-authenticate": "Bearer"}
+                return None, 0, _refused_early(401, "Invalid or missing API key", challenge)
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
             return None, 0, _refused_early(415, "expected Content-Type application/json")
         raw = await request.get_data(cache=False)
+
+        def decode() -> InitRequest:
+            return parse(_jsonlib.loads(raw))
+
         try:
-            return _jsonlib.loads(raw), len(raw), None
+            if len(raw) > _PARSE_IN_THREAD_BYTES:
+                parsed = await trio.to_thread.run_sync(decode)
+            else:
+                parsed = decode()
         except _jsonlib.JSONError as exc:
             detail = [{"type": "json_invalid", "loc": ["body"], "msg": f"JSON decode error: {exc}"}]
             return None, len(raw), _error(422, detail)
+        except ValidationError as exc:
+            return None, len(raw), _error(422, exc.detail)
+        if (refusal := trainer_refused(parsed)) is not None:
+            return None, len(raw), refusal
+        return parsed, len(raw), None
 
     def trainer_refused(init_request: InitRequest) -> Response | None:
         url = httpx.URL(init_request.server_url)
@@ -165,15 +181,10 @@ def create_app(
 
     @app.post("/v1/rollout/init")
     async def init() -> Response:
-        payload, size, error = await read_body()
-        if error is not None:
+        init_request, size, error = await read_init(parse_init_request)
+        if init_request is None:
+            assert error is not None
             return error
-        try:
-            init_request = parse_init_request(payload)
-        except ValidationError as exc:
-            return _error(422, exc.detail)
-        if (refusal := trainer_refused(init_request)) is not None:
-            return refusal
         supervisor = supervisor_of(app)
         try:
             response, started = supervisor.admit(init_request, size)
@@ -190,15 +201,10 @@ def create_app(
     @app.post("/rollout")
     async def rollout_sync() -> Response:
         """The synchronous variant: run the rollout, answer its result (``200``)."""
-        payload, size, error = await read_body()
-        if error is not None:
+        sync_request, size, error = await read_init(parse_sync_request)
+        if sync_request is None:
+            assert error is not None
             return error
-        try:
-            sync_request = parse_sync_request(payload)
-        except ValidationError as exc:
-            return _error(422, exc.detail)
-        if (refusal := trainer_refused(sync_request)) is not None:
-            return refusal
         try:
             result = await supervisor_of(app).run_sync(sync_request, size)
         except AdmissionError as exc:

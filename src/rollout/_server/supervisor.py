@@ -28,6 +28,7 @@ from contextlib import contextmanager
 
 import trio
 
+from .. import _threads
 from .._trainer.client import SYNC_COMPLETIONS_PATH, TrainerClient
 from .._wire.models import InitRequest, InitResponse, RolloutResult
 from ..agent import Agent
@@ -295,6 +296,7 @@ class Supervisor:
             "delivering_results": tally.count(Phase.DELIVERING),
             "lost_results": self.delivery.lost_results,
             "internal_errors": self.internal_errors,
+            "abandoned_threads": _threads.abandoned_threads(),
             "draining": self._draining,
         }
 

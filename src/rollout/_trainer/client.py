@@ -209,9 +209,13 @@ class TrainerClient:
             ):
                 with attempt:
                     attempt_number = attempt.num
-                    return await self._post_once(
-                        url, content, headers, policy.request_timeout, read=read
-                    )
+                    try:
+                        return await self._post_once(
+                            url, content, headers, policy.request_timeout, read=read
+                        )
+                    except TrainerError as exc:
+                        _log_retry(exc, attempt.num, attempt.next_wait, policy)
+                        raise
         except TrainerError as exc:
             if attempt_number > 1:
                 exc.args = (f"{exc.args[0]} (after {attempt_number} attempts)",)
@@ -306,6 +310,16 @@ def _scrub(exc: BaseException, headers: Mapping[str, str]) -> str:
     if secret:
         text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
     return text[:500]
+
+
+def _log_retry(exc: TrainerError, number: int, backoff: float, policy: RetryPolicy) -> None:
+    """One line per retried attempt: what (method, redacted URL: in the error's message),
+    which attempt, how long until the next, and why."""
+    verdict = _retry_hook(exc)
+    if verdict is False or (policy.attempts is not None and number >= policy.attempts):
+        return
+    wait = verdict if not isinstance(verdict, bool) else backoff
+    log.warning("%s; attempt %d failed, retrying in %.2g s or more", exc, number, wait)
 
 
 def _time_left(timeout: float | None) -> float | None:

@@ -1,0 +1,115 @@
+"""The trainer client driven directly: retries, Retry-After, caps and the deadline, on
+Trio's virtual clock with httpx.MockTransport (docs/PROTOCOL.md §4.3 and §5.3)."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from rollout import RetryPolicy, TrainerExchangeError, TrainerHTTPError
+from rollout._trainer.client import TrainerClient
+
+FINAL = {
+    "choices": [{"message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+Handler = Callable[[httpx.Request], httpx.Response]
+POLICY = RetryPolicy(attempts=5, request_timeout=30.0, wait_initial=0.5, wait_max=10.0)
+
+
+def _client(handler: Handler, **kwargs: Any) -> TrainerClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return TrainerClient(http, chat=POLICY, delivery=POLICY, **kwargs)
+
+
+def _answers(
+    *responses: httpx.Response,
+) -> tuple[Callable[[httpx.Request], httpx.Response], list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return responses[min(len(seen), len(responses)) - 1]
+
+    return handler, seen
+
+
+async def test_retry_after_replaces_the_backoff_and_each_retry_is_logged(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    handler, seen = _answers(
+        httpx.Response(503, headers={"retry-after": "7"}), httpx.Response(200, json=FINAL)
+    )
+    client = _client(handler)
+    started = trio.current_time()
+    completion = await client.chat("http://trainer?token=t-1", {"messages": []}, api_key="k")
+
+    assert completion.message.content == "42"
+    assert len(seen) == 2
+    assert trio.current_time() - started >= 7.0
+    (line,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert "POST http://trainer/v1/chat/completions?*** answered HTTP 503" in line
+    assert "attempt 1 failed, retrying in 7 s" in line
+    assert "t-1" not in caplog.text
+
+
+async def test_a_final_4xx_is_not_retried(autojump_clock: trio.abc.Clock) -> None:
+    handler, seen = _answers(httpx.Response(400, text="bad max_tokens"))
+    with pytest.raises(TrainerHTTPError) as caught:
+        await _client(handler).chat("http://trainer", {}, api_key=None)
+    assert len(seen) == 1
+    assert caught.value.status == 400
+    assert caught.value.body == "bad max_tokens"
+    assert "bad max_tokens" not in str(caught.value)  # kept apart: not for every caller
+
+
+async def test_an_undecodable_2xx_is_final_and_not_retried(autojump_clock: trio.abc.Clock) -> None:
+    broken = httpx.Response(
+        200, headers={"content-encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
+    )
+    handler, seen = _answers(broken)
+    with pytest.raises(TrainerExchangeError, match="DecodingError"):
+        await _client(handler).chat("http://trainer", {}, api_key=None)
+    assert len(seen) == 1
+
+
+async def test_an_answer_past_the_cap_is_refused_also_when_compressed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    bomb = gzip.compress(b"[" + b" " * 200_000 + b"]")
+    handler, _ = _answers(httpx.Response(200, headers={"content-encoding": "gzip"}, content=bomb))
+    with pytest.raises(TrainerExchangeError, match="more than 65536 bytes"):
+        await _client(handler, max_response_bytes=65536).chat("http://t", {}, api_key=None)
+    assert len(bomb) < 65536  # small on the wire: the cap applies to what it decodes to
+
+
+async def test_chat_retries_never_pass_the_rollouts_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    handler, seen = _answers(httpx.Response(503, headers={"retry-after": "60"}))
+    started = trio.current_time()
+    with trio.move_on_after(5.0):  # the rollout's deadline
+        await _client(handler).chat("http://trainer", {}, api_key=None)
+        raise AssertionError("the deadline must end the wait for the next attempt")
+    assert trio.current_time() - started == pytest.approx(5.0)
+    assert len(seen) == 1
+
+
+async def test_any_2xx_acknowledges_a_result_whatever_its_body(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    odd = httpx.Response(
+        202, headers={"content-encoding": "deflate"}, stream=httpx.ByteStream(b"\x00garbage")
+    )
+    handler, seen = _answers(odd)
+    await _client(handler).deliver_bytes("http://trainer", b"{}", api_key="k")
+    assert len(seen) == 1
+    assert seen[0].headers["authorization"] == "Bearer k"
+    assert seen[0].url.path == "/v1/rollout/completed"
