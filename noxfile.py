@@ -7,6 +7,7 @@ nox -s demo           # the end-to-end demo (same as `uv run rollout demo`)
 nox -s conformance -- --target URL [options]   # check any rollout server (docs/CONFORMANCE.md)
 nox -s conformance    # without --target: serve ours on a free loopback port and check it
 nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
+nox -s fuzz [-- --bodies N --seed S --concurrency C --report FILE]   # hostile bodies: 0 5xx
 """
 
 from __future__ import annotations
@@ -102,3 +103,10 @@ def bench(session: nox.Session) -> None:
     """Throughput, latency, CPU and memory of a server process; prints figures."""
     _sync(session)
     session.run("python", "benchmarks/rollouts.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """10,000 hostile bodies and headers against a server process; fails on any 5xx."""
+    _sync(session)
+    session.run("python", "tests/fuzzing/hostile.py", *session.posargs)
