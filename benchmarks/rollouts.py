@@ -29,9 +29,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from mock_trainer import MockTrainer
-from mock_trainer import serve as serve_trainer
 from rollout.demo import load_problems
+from rollout.testing import MockTrainer
+from rollout.testing import serve as serve_trainer
 
 
 def _rss_mib(pid: int) -> float | None:

@@ -21,10 +21,10 @@ import pytest
 import trio
 from hypothesis import settings
 
-from mock_trainer import MockTrainer
-from mock_trainer import serve as serve_trainer
 from rollout import Agent, RetryPolicy, RolloutContext, ServerConfig, serve
 from rollout.examples.calculator import agent as calculator_agent
+from rollout.testing import MockTrainer
+from rollout.testing import serve as serve_trainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -263,11 +263,14 @@ def demo_command(
 
     Exits non-zero when any rollout was lost, rejected or ended in ERROR.
     """
-    from .demo import load_problems, run_demo, summarize, write_outcomes
+    from .demo import DatasetError, load_problems, run_demo, summarize, write_outcomes
 
     _configure_logging("warning")
     console = Console()
-    problems = load_problems(dataset)[:limit]
+    try:
+        problems = load_problems(dataset)[:limit]
+    except DatasetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dataset") from None
     outcomes = trio.run(
         partial(
             run_demo,

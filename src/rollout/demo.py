@@ -1,6 +1,6 @@
 """``rollout demo``: the whole protocol end to end on loopback, as a trainer would drive it.
 
-It serves the mock trainer (:mod:`mock_trainer`) and a rollout server with the calculator
+It serves the mock trainer (:mod:`rollout.testing`) and a rollout server with the calculator
 agent on free 127.0.0.1 ports, posts one ``/v1/rollout/init`` per problem of the bundled
 dataset (at most ``concurrency`` waiting at once, retrying a ``429`` after its
 ``Retry-After``), waits for each result on the trainer's ``/v1/rollout/completed``, and
@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mock_trainer import MockTrainer
-from mock_trainer import serve as serve_trainer
+from rollout.testing import MockTrainer
+from rollout.testing import serve as serve_trainer
 
 from ._server.serve import serve
 from .config import ServerConfig
@@ -40,12 +40,18 @@ DEMO_API_KEY = "demo-trainer-key"
 
 @attrs.frozen
 class Problem:
-    """One dataset row: ``{"id", "system_prompt", "user_prompt", "ground_truth"}``."""
+    """One dataset row: ``{"id", "user_prompt", "ground_truth", "system_prompt"}``, strings;
+    ``system_prompt`` may be left out."""
 
     id: str
     system_prompt: str
     user_prompt: str
     ground_truth: str
+
+
+class DatasetError(ValueError):
+    """A dataset row that is not a problem; the message names the file, the line and the
+    field, in one line."""
 
 
 @attrs.frozen
@@ -65,12 +71,52 @@ class DemoOutcome:
 
 
 def load_problems(path: Path | None = None) -> list[Problem]:
-    """Read a JSONL dataset; the bundled 124 calculator problems when ``path`` is None."""
+    """Read a JSONL dataset (one :class:`Problem` object per line; blank lines skipped); the
+    bundled 124 calculator problems when ``path`` is None.
+
+    Raises :class:`DatasetError` for the first row that is not a problem (not JSON, not
+    an object, a missing or non-string field, a repeated id), and for a file that cannot
+    be read as UTF-8 text.
+    """
     if path is None:
-        text = resources.files("rollout.examples").joinpath("calculator_problems.jsonl").read_text()
+        name = "calculator_problems.jsonl"
+        text = resources.files("rollout.examples").joinpath(name).read_text()
     else:
-        text = path.read_text()
-    return [Problem(**json.loads(line)) for line in text.splitlines() if line.strip()]
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{name}: cannot be read as UTF-8 text ({exc})") from None
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            problem = _problem(line, f"{name}:{number}")
+            if problem.id in seen:
+                raise DatasetError(f"{name}:{number}: id {problem.id!r} appears twice")
+            seen.add(problem.id)
+            problems.append(problem)
+    return problems
+
+
+def _problem(line: str, where: str) -> Problem:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise DatasetError(
+            f"{where}: not JSON (a .jsonl dataset holds one JSON object per line)"
+        ) from None
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    fields: dict[str, str] = {"system_prompt": ""}
+    for field in ("id", "user_prompt", "ground_truth", "system_prompt"):
+        value = row.get(field, fields.get(field))
+        if value is None:
+            raise DatasetError(f"{where}: missing field {field!r}")
+        if not isinstance(value, str):
+            raise DatasetError(f"{where}: field {field!r} must be a string")
+        fields[field] = value
+    return Problem(**fields)
 
 
 def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) -> DemoOutcome:

@@ -433,7 +433,7 @@ async def test_a_kept_alive_connection_survives_an_early_refusal(
 async def test_a_token_in_the_trainer_url_is_redacted(
     start_server: StartServer, trainer: Trainer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mock_trainer import Fault
+    from rollout.testing import Fault
 
     caplog.set_level(logging.DEBUG)
     trainer.mock.chat_faults.extend(Fault(400) for _ in range(3))

@@ -7,8 +7,8 @@ import httpx
 import trio
 
 from conftest import Trainer, fixture_json
-from mock_trainer import MockTrainer
-from mock_trainer import serve as serve_trainer
+from rollout.testing import MockTrainer
+from rollout.testing import serve as serve_trainer
 
 
 async def test_a_chat_request_gets_a_completion_with_usage_and_token_data(trainer: Trainer) -> None:

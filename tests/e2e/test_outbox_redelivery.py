@@ -9,8 +9,8 @@ from pathlib import Path
 import trio
 
 from conftest import StartServer, Trainer, gated_agent, init_body
-from mock_trainer import Fault
 from rollout import RetryPolicy
+from rollout.testing import Fault
 
 #: Gives up on a delivery quickly, so the test sees the result left in the outbox.
 SHORT_DELIVERY = RetryPolicy(

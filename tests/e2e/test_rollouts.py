@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from conftest import Server, StartServer, Trainer, init_body, run_to_result
-from mock_trainer import Fault
+from rollout.testing import Fault
 
 
 def assert_append_only(chat_bodies: list[dict[str, Any]], result: dict[str, Any]) -> None:

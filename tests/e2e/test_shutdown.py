@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from conftest import PROCESS_TIMEOUT, StartServer, Trainer, gated_agent, init_body, server_process
-from mock_trainer import Fault
 from rollout import Agent, Message, RolloutContext
+from rollout.testing import Fault
 
 
 async def test_drain_refuses_new_rollouts_and_lets_running_ones_finish(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import Server, Trainer, fixture_json
-from mock_trainer import Fault
+from rollout.testing import Fault
 
 
 def _request(trainer: Trainer, **fields: Any) -> dict[str, Any]:

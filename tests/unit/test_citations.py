@@ -12,7 +12,6 @@ PROTOCOL = ROOT / "docs" / "PROTOCOL.md"
 #: Where citations live: code, tests, the conformance suite, the docs.
 SOURCES = [
     *ROOT.glob("src/**/*.py"),
-    *ROOT.glob("mock_trainer/**/*.py"),
     *ROOT.glob("conformance/src/**/*.py"),
     *ROOT.glob("tests/**/*.py"),
     *ROOT.glob("docs/*.md"),

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mock_trainer.model import respond
+from rollout.testing import respond
 
 _OPS: dict[str, Callable[[float, float], float]] = {
     "add": operator.add,

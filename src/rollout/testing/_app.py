@@ -3,7 +3,7 @@
 Endpoints (the trainer side of docs/PROTOCOL.md §4 and §5):
 
 - ``POST /v1/chat/completions`` (and ``/v1/completions``, where the synchronous
-  variant sends the same body): answers with :func:`mock_trainer.model.respond`, shaped like
+  variant sends the same body): answers with :func:`rollout.testing.respond`, shaped like
   the protocol's examples 04/06 (``usage``, ``token_ids``, ``logprobs``);
 - ``POST /v1/rollout/completed``: records a result, answers ``{"status": "ok"}``;
 - ``GET /v1/rollout/completed/<rollout_id>``: the first recorded result, or 404;
@@ -26,11 +26,11 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from .model import Behaviour, respond
+from ._model import Behaviour, respond
 
 __all__ = ["Fault", "MockTrainer", "RecordedRequest", "create_app"]
 
-log = logging.getLogger("mock_trainer")
+log = logging.getLogger("rollout.testing")
 
 
 @attrs.frozen
@@ -153,7 +153,7 @@ async def _apply(fault: Fault | None) -> Response | None:
 
 def create_app(trainer: MockTrainer) -> QuartTrio:
     """The Quart-Trio app of ``trainer``."""
-    app = QuartTrio("mock_trainer")
+    app = QuartTrio("rollout.testing")
 
     async def read_json() -> tuple[Any, Response | None]:
         raw = await request.get_data(cache=False)

@@ -1,4 +1,4 @@
-"""``python -m mock_trainer [--host H] [--port P] [--behaviour B] [--api-key K]``: run until
+"""``python -m rollout.testing [--host H] [--port P] [--behaviour B] [--api-key K]``: run until
 SIGINT/SIGTERM."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from functools import partial
 import click
 import trio
 
+from ._app import MockTrainer
 from ._serve import serve
-from .app import MockTrainer
 
 
 async def _until_signal() -> None:

@@ -48,6 +48,8 @@ _WORDS = [
     (r"(?<=\d)\s*[xX]\s*(?=[\d(])", "*"),
 ]
 #: The longest run of characters that can be arithmetic.
+#: How much of a question the model reads (arithmetic questions are short).
+_MAX_QUESTION_CHARS = 4096
 _EXPRESSION = re.compile(r"[-+*/().\d\s]*\d[-+*/().\d\s]*")
 
 
@@ -74,8 +76,12 @@ class _Ref:
 
 
 def parse_expression(question: str) -> ast.expr | None:
-    """The arithmetic in ``question`` as an :mod:`ast` expression, or None when there is none."""
-    text = question
+    """The arithmetic in ``question`` as an :mod:`ast` expression, or None when there is none.
+
+    Only the first ``_MAX_QUESTION_CHARS`` characters are read: the candidate pattern is
+    quadratic in a long run of spaces, and a simulator must answer a hostile prompt fast.
+    """
+    text = question[:_MAX_QUESTION_CHARS]
     for pattern, symbol in _WORDS:
         text = re.sub(pattern, f" {symbol} ", text, flags=re.IGNORECASE)
     candidates = sorted(

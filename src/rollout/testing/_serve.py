@@ -11,7 +11,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from .app import MockTrainer
+from ._app import MockTrainer
 
 __all__ = ["serve"]
 
