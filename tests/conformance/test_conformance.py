@@ -292,3 +292,25 @@ async def test_a_client_that_times_out_on_a_slow_answer_and_retries_loses_nothin
     for rule in RULES:
         if rule.focus not in ("invalid_init", "stateful"):
             assert rule.check(exchange) == [], rule.name
+
+
+def test_the_hypothesis_internal_behind_shrink_budget_is_still_there() -> None:
+    """--shrink-budget sets a Hypothesis module constant; a release that drops it must be
+    noticed here (the suite then warns and ignores the option)."""
+    from hypothesis.internal.conjecture import engine
+
+    from conformance.search import SHRINK_LIMIT_NAME, ShrinkBudgetIgnored, _shrink_budget
+
+    assert isinstance(getattr(engine, SHRINK_LIMIT_NAME), int | float)
+    before = getattr(engine, SHRINK_LIMIT_NAME)
+    with _shrink_budget(7.0):
+        assert getattr(engine, SHRINK_LIMIT_NAME) == 7.0
+    assert getattr(engine, SHRINK_LIMIT_NAME) == before
+
+    saved = getattr(engine, SHRINK_LIMIT_NAME)
+    delattr(engine, SHRINK_LIMIT_NAME)
+    try:
+        with pytest.warns(ShrinkBudgetIgnored), _shrink_budget(7.0):
+            pass
+    finally:
+        setattr(engine, SHRINK_LIMIT_NAME, saved)

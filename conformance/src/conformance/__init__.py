@@ -9,15 +9,8 @@ docs/CONFORMANCE.md.
 from .case import Case, InvalidInit, ToolCallScript, Turn, case_from_json, case_to_json
 from .exchange import Exchange, InitAnswer, InvalidExchange
 from .rules import RULES, Rule, select_rules
-from .runner import (
-    Outcome,
-    Runner,
-    RunSettings,
-    TargetError,
-    check_rule,
-    check_rules,
-    open_runner,
-)
+from .runner import Outcome, Runner, RunSettings, TargetError, open_runner
+from .search import check_rule, check_rules
 from .trainer import ScriptedTrainer, WireEntry, serve_trainer
 
 __all__ = [

@@ -20,7 +20,8 @@ from .case import Case, InvalidInit, case_from_json
 from .exchange import Exchange, InvalidExchange
 from .report import exchange_to_json, print_outcomes, write_report
 from .rules import RULES, Rule, select_rules
-from .runner import GRACE, Outcome, Runner, RunSettings, TargetError, check_rules, open_runner
+from .runner import GRACE, Outcome, Runner, RunSettings, TargetError, open_runner
+from .search import check_rules
 
 __all__ = ["main"]
 
