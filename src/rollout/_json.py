@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 #: Deepest nesting of arrays and objects accepted (a chat message is about 6 deep).
 MAX_DEPTH = 64
 #: Most digits of an integer literal: 64-bit values (20 digits) and a sign.
 MAX_INT_DIGITS = 20
 
-#: A JSON value as decoded by :mod:`json` (dict, list, str, int, float, bool or None).
-JSON: TypeAlias = Any
+#: A JSON value: plain as decoded by :func:`loads` (dict, list, ...) or frozen by
+#: :func:`freeze` (read-only mappings, tuples). Recursive, so the type checker sees wire
+#: values for what they are; narrow with ``isinstance`` before use.
+if TYPE_CHECKING:
+    JSON: TypeAlias = Mapping[str, "JSON"] | Sequence["JSON"] | str | int | float | bool | None
+else:  # at run time (cattrs reads annotations) any value: the checks are check() and loads()
+    JSON = Any
 
 
 class JSONError(ValueError):
@@ -87,7 +92,7 @@ def loads(data: bytes | str) -> JSON:
     """
     try:
         text = data.decode() if isinstance(data, bytes | bytearray) else data
-        value = _DECODER.decode(text)
+        value: JSON = _DECODER.decode(text)
     except JSONError:
         raise
     except RecursionError:
@@ -175,6 +180,16 @@ def freeze(value: JSON) -> JSON:
     if isinstance(value, list | tuple):
         return tuple(freeze(v) for v in value)
     return value
+
+
+def freeze_object(value: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    """:func:`freeze` for an object: a read-only mapping."""
+    return MappingProxyType({k: freeze(v) for k, v in value.items()})
+
+
+def thaw_object(value: Mapping[str, JSON]) -> dict[str, JSON]:
+    """:func:`thaw` for an object: a plain dict."""
+    return {k: thaw(v) for k, v in value.items()}
 
 
 def thaw(value: JSON) -> JSON:

@@ -55,7 +55,7 @@ class Trajectory:
 
     rollout_id: str
     messages: tuple[Message, ...]
-    metadata: Mapping[str, JSON]
+    metadata: Mapping[str, Any]
     finish_reason: FinishReason
 
     @property
@@ -109,10 +109,10 @@ class Agent:
     reward: RewardFn | None = None
     loop: AgentLoop = tool_loop
     #: The OpenAI tool schemas sent in the ``202`` body and with every chat request.
-    tool_schemas: tuple[Mapping[str, JSON], ...] = attrs.field(init=False, repr=False)
+    tool_schemas: tuple[Mapping[str, Any], ...] = attrs.field(init=False, repr=False)
 
     @tool_schemas.default
-    def _schemas(self) -> tuple[Mapping[str, JSON], ...]:
+    def _schemas(self) -> tuple[Mapping[str, Any], ...]:
         return tuple(t.schema for t in self.tools)
 
     async def score(self, trajectory: Trajectory) -> float | None:
@@ -173,7 +173,7 @@ class RolloutContext:
         *,
         rollout_id: str,
         messages: Sequence[Message],
-        metadata: Mapping[str, JSON],
+        metadata: Mapping[str, Any],
         params: CompletionParams,
         max_turns: int,
         max_tokens_total: int,

@@ -61,7 +61,7 @@ class Tool:
 
     name: str
     description: str
-    parameters: Mapping[str, JSON]
+    parameters: Mapping[str, Any]
     function: Callable[..., Any]
     _validator: jsonschema.protocols.Validator = attrs.field(init=False, repr=False, eq=False)
 
@@ -74,7 +74,7 @@ class Tool:
         return cls(dict(self.parameters))
 
     @property
-    def schema(self) -> dict[str, JSON]:
+    def schema(self) -> dict[str, Any]:
         """The OpenAI function tool: ``{"type": "function", "function": {name, description,
         parameters, strict}}``, the shape of ``tests/fixtures/02_init_response_202.json``."""
         return {

@@ -4,6 +4,7 @@ with a one-line reason, and never a RecursionError or a traceback."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -50,7 +51,7 @@ def test_what_it_accepts() -> None:
 @pytest.mark.parametrize(
     "value", [math.nan, math.inf, {"x": -math.inf}, "\ud800", {"\udc00": 1}, object()]
 )
-def test_dumps_refuses_what_is_not_strict_json(value: object) -> None:
+def test_dumps_refuses_what_is_not_strict_json(value: Any) -> None:
     with pytest.raises(_json.JSONError):
         _json.dumps(value)
 
@@ -74,6 +75,6 @@ json_values = st.recursive(
 
 
 @given(json_values)
-def test_strict_json_round_trips(value: object) -> None:
+def test_strict_json_round_trips(value: Any) -> None:
     text = _json.dumps(value)
     assert _json.loads(text) == value

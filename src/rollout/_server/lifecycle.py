@@ -33,6 +33,8 @@ import attrs
 import trio
 
 from .. import _json
+from .._json import JSON
+from .._trainer.chat import Completion
 from .._trainer.client import TrainerClient
 from .._wire import codec
 from .._wire.models import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
@@ -101,7 +103,7 @@ async def run_rollout(
     synchronous variant's client uses ``/v1/completions``, docs/PROTOCOL.md §6).
     """
 
-    async def send_chat(body: dict[str, object]) -> object:
+    async def send_chat(body: dict[str, JSON]) -> Completion:
         return await trainer.chat(request.server_url, body, api_key=request.api_key)
 
     ctx = RolloutContext(
@@ -112,7 +114,7 @@ async def run_rollout(
         max_turns=request.max_turns,
         max_tokens_total=request.max_tokens_total,
         agent=agent,
-        send_chat=send_chat,  # type: ignore[arg-type]
+        send_chat=send_chat,
         tool_limiter=tool_limiter,
     )
     status, finish, reward, error = Status.ERROR, FinishReason.ERROR, None, None

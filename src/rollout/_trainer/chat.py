@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from attrs import frozen
 
-from .._json import JSON, thaw
+from .._json import JSON, thaw, thaw_object
 from .._wire.models import CompletionParams, Message
 from .._wire.validation import ValidationError, _detail, structure_or_raise
 
@@ -75,7 +75,7 @@ def chat_request(
     if params.stop is not None:
         body["stop"] = list(params.stop)
     body["logprobs"] = params.logprobs
-    body.update(thaw(params.extra))
+    body.update(thaw_object(params.extra))
     if tools:
         body["tools"] = [thaw(t) for t in tools]
     return body

@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin
 import cattrs
 from cattrs.errors import AttributeValidationNote, IterableValidationNote
 
-from .._json import JSON, freeze, thaw, type_name
+from .._json import JSON, freeze_object, thaw, thaw_object, type_name
 from .models import (
     RESERVED_PARAMS,
     ROLES,
@@ -110,7 +110,7 @@ def _strict_bool(value: Any, _: Any) -> bool:
 def _json_object(value: Any, _: Any) -> JSONObject:
     if not isinstance(value, Mapping):
         raise FieldError(f"expected an object, got {type_name(value)}", "dict_type")
-    return JSONObject(freeze(value))
+    return JSONObject(freeze_object(value))
 
 
 def _sequence_hook(item_type: type) -> Any:
@@ -171,7 +171,7 @@ def _unstructure_tool_call(call: ToolCall) -> dict[str, JSON]:
         "id": call.id,
         "type": call.type,
         "function": {"name": call.name, "arguments": call.arguments},
-        **thaw(call.extra),
+        **thaw_object(call.extra),
     }
 
 
@@ -219,7 +219,7 @@ def unstructure_message(message: Message) -> dict[str, JSON]:
         body["tool_call_id"] = message.tool_call_id
     if message.name is not None:
         body["name"] = message.name
-    body.update(thaw(message.extra))
+    body.update(thaw_object(message.extra))
     return body
 
 
@@ -290,7 +290,7 @@ def _unstructure_params(params: CompletionParams) -> dict[str, JSON]:
         "stop": None if params.stop is None else list(params.stop),
         "logprobs": params.logprobs,
     }
-    body.update(thaw(params.extra))
+    body.update(thaw_object(params.extra))
     return body
 
 

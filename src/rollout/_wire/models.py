@@ -148,11 +148,8 @@ class Message:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(
-            part.get("text", "")
-            for part in self.content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-        )
+        texts = (part.get("text") for part in self.content if isinstance(part, Mapping))
+        return "".join(text for text in texts if isinstance(text, str))
 
 
 # --------------------------------------------------------------------------- init
