@@ -288,8 +288,9 @@ class RolloutContext:
         contents: list[str] = [""] * len(calls)
 
         async def run(index: int) -> None:
-            outcome = await run_tool_call(calls[index], self._tools, limiter=self._tool_limiter)
-            contents[index] = outcome.content
+            contents[index] = await run_tool_call(
+                calls[index], self._tools, limiter=self._tool_limiter
+            )
 
         started = trio.current_time()
         try:

@@ -20,6 +20,8 @@ from .config import ServerConfig
 from .errors import RolloutError
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
+#: Every default of ``rollout serve`` comes from here: one place, not three.
+_DEFAULTS = ServerConfig()
 
 
 def load_agent(reference: str) -> Agent:
@@ -99,28 +101,28 @@ def main() -> None:
 @click.option(
     "--max-concurrent",
     type=click.IntRange(1),
-    default=64,
+    default=_DEFAULTS.max_concurrent_rollouts,
     show_default=True,
     help="Rollouts running at once; the rest queue.",
 )
 @click.option(
     "--max-queued",
     type=click.IntRange(0),
-    default=1024,
+    default=_DEFAULTS.max_queued_rollouts,
     show_default=True,
     help="Unfinished rollouts beyond --max-concurrent before 429.",
 )
 @click.option(
     "--rollout-timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=600.0,
+    default=_DEFAULTS.rollout_timeout,
     show_default=True,
     help="Wall-clock deadline of one rollout, seconds.",
 )
 @click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=_DEFAULTS.drain_timeout,
     show_default=True,
     help="On SIGTERM/SIGINT, seconds unfinished rollouts may go on.",
 )
@@ -147,7 +149,7 @@ def main() -> None:
 @click.option(
     "--max-response-bytes",
     type=click.IntRange(1),
-    default=ServerConfig().max_response_bytes,
+    default=_DEFAULTS.max_response_bytes,
     show_default=True,
     help="Largest trainer answer read; a larger one fails its rollout.",
 )

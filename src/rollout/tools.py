@@ -35,7 +35,7 @@ from ._json import JSON
 from ._wire.models import ToolCall
 from .errors import ToolError
 
-__all__ = ["Tool", "ToolOutcome", "run_tool_call", "tool"]
+__all__ = ["Tool", "run_tool_call", "tool"]
 
 log = logging.getLogger("rollout.tools")
 
@@ -197,24 +197,18 @@ def _is_json(value: Any) -> bool:
 # --------------------------------------------------------------------------- calling
 
 
-@attrs.frozen
-class ToolOutcome:
-    """The result of one tool call: the tool message ``content`` and whether it is an error."""
-
-    content: str
-    ok: bool
-
-
 async def run_tool_call(
     call: ToolCall,
     tools: Mapping[str, Tool],
     *,
     limiter: trio.CapacityLimiter | None = None,
-) -> ToolOutcome:
-    """Execute one tool call; never raises except :class:`trio.Cancelled`.
+) -> str:
+    """Execute one tool call and return the tool message's content; never raises except
+    :class:`trio.Cancelled`.
 
     ``limiter`` bounds the worker threads used by sync tools (Trio's default limiter of 40
-    when ``None``). Errors become ``ToolOutcome("Error: ...", ok=False)``.
+    when ``None``). Every failure (unknown tool, malformed or invalid arguments, the tool
+    raised) is answered ``"Error: <why>"`` (docs/PROTOCOL.md §7.2).
     """
     try:
         found = tools.get(call.name)
@@ -232,10 +226,8 @@ async def run_tool_call(
     except Exception as exc:
         if not isinstance(exc, ToolError):
             log.info("tool %r raised %s: %s", call.name, type(exc).__name__, exc)
-        return ToolOutcome(
-            f"Error: {exc}" if str(exc) else f"Error: {type(exc).__name__}", ok=False
-        )
-    return ToolOutcome(_content(result), ok=True)
+        return f"Error: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
+    return _content(result)
 
 
 async def _invoke(

@@ -29,8 +29,8 @@ async def test_the_readme_agent_works() -> None:
     assert function["parameters"]["required"] == ["city"]
     found = await run_tool_call(ToolCall("c1", "lookup", '{"city": "Paris"}'), tools)
     missing = await run_tool_call(ToolCall("c2", "lookup", '{"city": "Atlantis"}'), tools)
-    assert (found.content, found.ok) == ("18 celsius", True)
-    assert (missing.content, missing.ok) == ("Error: unknown city 'Atlantis'", False)
+    assert found == "18 celsius"
+    assert missing == "Error: unknown city 'Atlantis'"
     trajectory = Trajectory(
         "r", (Message("assistant", "It is 18 celsius."),), {"ground_truth": "18"}, FinishReason.STOP
     )
