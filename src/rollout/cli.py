@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
+import json
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -14,6 +13,7 @@ import stamina
 import trio
 from rich.console import Console
 
+from . import _validate
 from ._server.serve import serve
 from .agent import Agent
 from .config import ServerConfig
@@ -25,30 +25,21 @@ _DEFAULTS = ServerConfig()
 
 
 def load_agent(reference: str) -> Agent:
-    """Import ``"package.module:name"``; ``name`` is an :class:`Agent` or a function
-    returning one. Modules are found from the current directory too (as uvicorn and
-    hypercorn do), so ``rollout serve -m weather:agent`` serves ``./weather.py``.
-    Raises :class:`click.BadParameter` with the reason otherwise."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise click.BadParameter(f"expected 'module:name', got {reference!r}", param_hint="-m")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    """The agent at ``module:name`` (see :func:`rollout._validate.load_agent`); a
+    :class:`click.BadParameter` (exit 2, one line) when it cannot be loaded."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-m") from None
-    try:
-        target = getattr(module, attribute)
-    except AttributeError:
-        raise click.BadParameter(
-            f"{module_name!r} has no attribute {attribute!r}", param_hint="-m"
-        ) from None
-    agent = target() if callable(target) and not isinstance(target, Agent) else target
-    if not isinstance(agent, Agent):
-        raise click.BadParameter(
-            f"{reference} is a {type(agent).__name__}, not a rollout.Agent", param_hint="-m"
-        )
+        return _validate.load_agent(reference)
+    except _validate.AgentLoadError as exc:
+        raise click.BadParameter(str(exc), param_hint="-m") from None
+
+
+def checked_agent(reference: str) -> Agent:
+    """:func:`load_agent`, then :func:`rollout._validate.check_agent`: a
+    :class:`click.ClickException` (exit 1) listing every problem, one per line."""
+    agent = load_agent(reference)
+    if problems := _validate.check_agent(agent):
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise click.ClickException(f"agent {reference} is not valid:\n{lines}")
     return agent
 
 
@@ -179,7 +170,7 @@ def serve_command(
     docs/SECURITY.md).
     """
     _configure_logging(log_level)
-    agent = load_agent(agent_ref)
+    agent = checked_agent(agent_ref)
     try:
         config = ServerConfig(
             api_key=api_key or None,
@@ -225,6 +216,49 @@ def serve_command(
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+@main.command("validate")
+@click.option(
+    "-m",
+    "--module",
+    "agent_ref",
+    default=DEFAULT_AGENT,
+    show_default=True,
+    help="The agent, as module:name.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def validate_command(agent_ref: str, as_json: bool) -> None:
+    """Import an agent and check it without serving: tool schemas, reward and loop.
+
+    Exit status 0 when valid, 1 when it has problems, 2 when it cannot be loaded. One line
+    per problem, never a traceback.
+    """
+    try:
+        agent = _validate.load_agent(agent_ref)
+    except _validate.AgentLoadError as exc:
+        if as_json:
+            click.echo(json.dumps({"agent": agent_ref, "valid": False, "load_error": str(exc)}))
+        else:
+            click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    problems = _validate.check_agent(agent)
+    if as_json:
+        report = {
+            "agent": agent_ref,
+            "name": agent.name,
+            "valid": not problems,
+            "tools": [tool.name for tool in agent.tools],
+            "problems": [{"check": p.check, "message": p.message} for p in problems],
+        }
+        click.echo(json.dumps(report))
+    elif problems:
+        for problem in problems:
+            click.echo(f"{agent_ref}: {problem}", err=True)
+    else:
+        tools = ", ".join(tool.name for tool in agent.tools) or "none"
+        click.echo(f"{agent_ref}: agent {agent.name!r} is valid (tools: {tools})")
+    sys.exit(1 if problems else 0)
 
 
 @main.command("demo")
