@@ -56,14 +56,8 @@ def _configure_logging(level: str) -> None:
     stamina.instrumentation.set_on_retry_hooks([])
 
 
-@click.group()
-@click.version_option(package_name="rollout")
-def main() -> None:
-    """A rollout server for RL training of LLM agents (the Remote Rollout Protocol)."""
-
-
-@main.command("serve")
-@click.option(
+#: ``-m/--module``: the agent of serve, validate (and what comes next).
+_agent_option = click.option(
     "-m",
     "--module",
     "agent_ref",
@@ -71,6 +65,16 @@ def main() -> None:
     show_default=True,
     help="The agent, as module:name.",
 )
+
+
+@click.group()
+@click.version_option(package_name="rollout")
+def main() -> None:
+    """A rollout server for RL training of LLM agents (the Remote Rollout Protocol)."""
+
+
+@main.command("serve")
+@_agent_option
 @click.option(
     "--host", envvar="ROLLOUT_SERVER_HOST", default="0.0.0.0", show_default=True, show_envvar=True
 )
@@ -219,14 +223,7 @@ def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 @main.command("validate")
-@click.option(
-    "-m",
-    "--module",
-    "agent_ref",
-    default=DEFAULT_AGENT,
-    show_default=True,
-    help="The agent, as module:name.",
-)
+@_agent_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def validate_command(agent_ref: str, as_json: bool) -> None:
     """Import an agent and check it without serving: tool schemas, reward and loop.
