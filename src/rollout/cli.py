@@ -259,6 +259,7 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
 
 
 @main.command("demo")
+@_agent_option
 @click.option(
     "--dataset",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -290,12 +291,19 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
     help="Seconds to wait for a result before counting it lost.",
 )
 def demo_command(
-    dataset: Path | None, limit: int | None, concurrency: int, output: Path, result_timeout: float
+    agent_ref: str,
+    dataset: Path | None,
+    limit: int | None,
+    concurrency: int,
+    output: Path,
+    result_timeout: float,
 ) -> None:
-    """Run the mock trainer and a rollout server on loopback and push a dataset through.
+    """Run the trainer simulator and a rollout server on loopback and push a dataset
+    through, with the calculator or any agent (-m).
 
     Exits non-zero when any rollout was lost, rejected or ended in ERROR.
     """
+    agent = checked_agent(agent_ref)
     from .demo import DatasetError, load_problems, run_demo, summarize, write_outcomes
 
     _configure_logging("warning")
@@ -311,6 +319,7 @@ def demo_command(
             concurrency=concurrency,
             result_timeout=result_timeout,
             console=console,
+            agent=agent,
         )
     )
     ok = summarize(outcomes, console)

@@ -1,11 +1,12 @@
 """``rollout demo``: the whole protocol end to end on loopback, as a trainer would drive it.
 
-It serves the mock trainer (:mod:`rollout.testing`) and a rollout server with the calculator
-agent on free 127.0.0.1 ports, posts one ``/v1/rollout/init`` per problem of the bundled
-dataset (at most ``concurrency`` waiting at once, retrying a ``429`` after its
-``Retry-After``), waits for each result on the trainer's ``/v1/rollout/completed``, and
-summarizes: completed / errored / lost, mean reward, turns, and p50/p99 seconds from init to
-result. A rollout is *lost* when no result arrived within ``result_timeout`` seconds.
+It serves the trainer simulator (:mod:`rollout.testing`) and a rollout server with an agent
+(the calculator by default, any agent with ``-m``) on free 127.0.0.1 ports, posts one
+``/v1/rollout/init`` per problem of the dataset (at most ``concurrency`` waiting at once,
+retrying a ``429`` after its ``Retry-After``), waits for each result on the trainer's
+``/v1/rollout/completed``, and summarizes: completed / errored / lost, mean reward, turns,
+and p50/p99 seconds from init to result. A rollout is *lost* when no result arrived within
+``result_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rollout.testing import MockTrainer
 from rollout.testing import serve as serve_trainer
 
 from ._server.serve import serve
+from .agent import Agent
 from .config import ServerConfig
 from .examples.calculator import agent as calculator_agent
 
@@ -158,13 +160,13 @@ async def _one(
     problem: Problem,
     result_timeout: float,
 ) -> DemoOutcome:
+    messages = [{"role": "user", "content": problem.user_prompt}]
+    if problem.system_prompt:
+        messages.insert(0, {"role": "system", "content": problem.system_prompt})
     body = {
         "rollout_id": problem.id,
         "server_url": trainer_url,
-        "messages": [
-            {"role": "system", "content": problem.system_prompt},
-            {"role": "user", "content": problem.user_prompt},
-        ],
+        "messages": messages,
         "completion_params": {"temperature": 0.7, "max_tokens": 256},
         "max_turns": 8,
         "max_tokens_total": 4096,
@@ -197,8 +199,11 @@ async def run_demo(
     result_timeout: float = 120.0,
     config: ServerConfig | None = None,
     console: Console | None = None,
+    agent: Agent = calculator_agent,
 ) -> list[DemoOutcome]:
-    """Run every problem through the protocol; returns one outcome per problem, in order."""
+    """Run every problem through the protocol with ``agent`` (default: the calculator);
+    returns one outcome per problem, in order. The simulator calls whatever tools the
+    agent advertises (:mod:`rollout.testing`)."""
     console = console or Console()
     config = config or ServerConfig(api_key=None)
     # The trainer refuses callbacks without the key: the demo also proves callback auth.
@@ -213,7 +218,7 @@ async def run_demo(
             server_port = await server_nursery.start(
                 partial(
                     serve,
-                    calculator_agent,
+                    agent,
                     config,
                     host="127.0.0.1",
                     port=0,
@@ -223,7 +228,7 @@ async def run_demo(
             server = f"http://127.0.0.1:{server_port}"
             trainer_url = f"http://127.0.0.1:{trainer_port}"
             console.print(
-                f"mock trainer on {trainer_url}, rollout server on {server} (agent: calculator)"
+                f"mock trainer on {trainer_url}, rollout server on {server} (agent: {agent.name})"
             )
             limiter = trio.CapacityLimiter(concurrency)
             columns = (

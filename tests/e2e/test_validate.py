@@ -94,3 +94,20 @@ async def test_serve_runs_the_same_checks_first(tmp_path: Path) -> None:
     assert expected in err
     assert "loop: loop must be 'async def loop(ctx)'" in err
     assert "listening" not in err
+
+
+async def test_demo_runs_the_readme_agent_end_to_end(tmp_path: Path) -> None:
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
+    (tmp_path / "weather.py").write_text(code)
+    rows = [
+        {"id": "w-1", "user_prompt": "What is the temperature in Paris?", "ground_truth": "18"},
+        {"id": "w-2", "user_prompt": "How cold is it in Oslo?", "ground_truth": "4"},
+    ]
+    (tmp_path / "weather.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    status, out, err = await _rollout(
+        tmp_path, "demo", "-m", "weather:agent", "--dataset", "weather.jsonl"
+    )
+    assert status == 0, out + err
+    results = json.loads((tmp_path / "rollout-demo-results.json").read_text())
+    assert [(r["status"], r["reward"]) for r in results] == [("COMPLETED", 1.0)] * 2
+    assert results[0]["final_answer"] == "The tools said: 18 celsius"

@@ -1,8 +1,9 @@
 """The scripted model: pure logic, no I/O.
 
 Given a chat history and the advertised tools, :func:`respond` returns the next assistant
-message of a model that solves calculator questions with tools. It is stateless: the next
-step is derived from the history alone.
+message of a model that solves calculator questions with tools (and, for any other agent,
+calls that agent's tools: :mod:`rollout.testing._generic`). It is stateless: the next step
+is derived from the history alone.
 
 - The question is the last ``user`` message. Its arithmetic (numbers, ``+ - * /``, ``x``,
   the multiplication and division signs, parentheses, and the words plus / minus / times /
@@ -24,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
+
+from ._generic import respond_with_tools
 
 __all__ = ["Behaviour", "Reply", "format_number", "parse_expression", "respond"]
 
@@ -182,7 +185,9 @@ def respond(
     """The next assistant message for ``messages`` (OpenAI chat format).
 
     ``tools`` is the request's ``tools`` list, or None when the request had none (trainers
-    of the reference never send it: then the four calculator tools are assumed).
+    of the reference never send it: then the four calculator tools are assumed). When the
+    tools are not the calculator's, any agent's tools are called instead
+    (:mod:`rollout.testing._generic`).
     """
     turn = sum(1 for m in messages if m.get("role") == "assistant")
     if behaviour == "always_tools":
@@ -192,10 +197,12 @@ def respond(
     question = next(
         (_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
+    available = _DEFAULT_TOOLS if tools is None else {_tool_name(t) for t in tools}
+    if tools and available.isdisjoint(_DEFAULT_TOOLS):  # not the calculator: any agent
+        return Reply(*respond_with_tools(messages, tools, question))
     tree = parse_expression(question)
     if tree is None:
         return _final("I can only do arithmetic.")
-    available = _DEFAULT_TOOLS if tools is None else {_tool_name(t) for t in tools}
     ops: list[_Op] = []
     root = _plan(tree, ops)
     if not isinstance(root, _Ref) or not {op.tool for op in ops} <= available:
