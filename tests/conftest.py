@@ -219,6 +219,20 @@ async def server_process(
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
+async def rollout_cli(cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run ``python -m rollout ARGS`` in ``cwd`` to the end; its exit status, stdout and
+    stderr."""
+    with trio.fail_after(PROCESS_TIMEOUT):
+        done = await trio.run_process(
+            [sys.executable, "-m", "rollout", *args],
+            cwd=cwd,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
 def gated_agent(release: trio.Event) -> Agent:
     """An agent whose rollouts wait for ``release`` before their one chat turn."""
 
@@ -268,6 +282,7 @@ __all__ = [
     "gated_agent",
     "init_body",
     "make_config",
+    "rollout_cli",
     "run_to_result",
     "server_process",
     "server_starter",

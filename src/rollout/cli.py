@@ -1,4 +1,4 @@
-"""The ``rollout`` command line: ``rollout serve`` and ``rollout demo``."""
+"""The ``rollout`` command line: ``serve``, ``validate``, ``test`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -9,62 +9,20 @@ from functools import partial
 from pathlib import Path
 
 import click
-import stamina
 import trio
 from rich.console import Console
 
 from . import _validate
+from ._cli.common import (
+    DEFAULTS,
+    agent_option,
+    checked_agent,
+    configure_logging,
+)
+from ._cli.local import test_command
 from ._server.serve import serve
-from .agent import Agent
 from .config import ServerConfig
 from .errors import RolloutError
-
-DEFAULT_AGENT = "rollout.examples.calculator:agent"
-#: Every default of ``rollout serve`` comes from here: one place, not three.
-_DEFAULTS = ServerConfig()
-
-
-def load_agent(reference: str) -> Agent:
-    """The agent at ``module:name`` (see :func:`rollout._validate.load_agent`); a
-    :class:`click.BadParameter` (exit 2, one line) when it cannot be loaded."""
-    try:
-        return _validate.load_agent(reference)
-    except _validate.AgentLoadError as exc:
-        raise click.BadParameter(str(exc), param_hint="-m") from None
-
-
-def checked_agent(reference: str) -> Agent:
-    """:func:`load_agent`, then :func:`rollout._validate.check_agent`: a
-    :class:`click.ClickException` (exit 1) listing every problem, one per line."""
-    agent = load_agent(reference)
-    if problems := _validate.check_agent(agent):
-        lines = "\n".join(f"  {problem}" for problem in problems)
-        raise click.ClickException(f"agent {reference} is not valid:\n{lines}")
-    return agent
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: one line per LLM turn is noise at the default level.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    # The trainer client logs each retry with its URL, attempt, wait and cause; stamina's
-    # own line ("stamina.retry_scheduled") would only repeat it without saying what.
-    stamina.instrumentation.set_on_retry_hooks([])
-
-
-#: ``-m/--module``: the agent of serve, validate (and what comes next).
-_agent_option = click.option(
-    "-m",
-    "--module",
-    "agent_ref",
-    default=DEFAULT_AGENT,
-    show_default=True,
-    help="The agent, as module:name.",
-)
 
 
 @click.group()
@@ -74,7 +32,7 @@ def main() -> None:
 
 
 @main.command("serve")
-@_agent_option
+@agent_option
 @click.option(
     "--host", envvar="ROLLOUT_SERVER_HOST", default="0.0.0.0", show_default=True, show_envvar=True
 )
@@ -96,28 +54,28 @@ def main() -> None:
 @click.option(
     "--max-concurrent",
     type=click.IntRange(1),
-    default=_DEFAULTS.max_concurrent_rollouts,
+    default=DEFAULTS.max_concurrent_rollouts,
     show_default=True,
     help="Rollouts running at once; the rest queue.",
 )
 @click.option(
     "--max-queued",
     type=click.IntRange(0),
-    default=_DEFAULTS.max_queued_rollouts,
+    default=DEFAULTS.max_queued_rollouts,
     show_default=True,
     help="Unfinished rollouts beyond --max-concurrent before 429.",
 )
 @click.option(
     "--rollout-timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=_DEFAULTS.rollout_timeout,
+    default=DEFAULTS.rollout_timeout,
     show_default=True,
     help="Wall-clock deadline of one rollout, seconds.",
 )
 @click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
-    default=_DEFAULTS.drain_timeout,
+    default=DEFAULTS.drain_timeout,
     show_default=True,
     help="On SIGTERM/SIGINT, seconds unfinished rollouts may go on.",
 )
@@ -144,7 +102,7 @@ def main() -> None:
 @click.option(
     "--max-response-bytes",
     type=click.IntRange(1),
-    default=_DEFAULTS.max_response_bytes,
+    default=DEFAULTS.max_response_bytes,
     show_default=True,
     help="Largest trainer answer read; a larger one fails its rollout.",
 )
@@ -173,7 +131,7 @@ def serve_command(
     Before exposing the port beyond loopback, set --api-key and --allow-trainer (see
     docs/SECURITY.md).
     """
-    _configure_logging(log_level)
+    configure_logging(log_level)
     agent = checked_agent(agent_ref)
     try:
         config = ServerConfig(
@@ -223,7 +181,7 @@ def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 @main.command("validate")
-@_agent_option
+@agent_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
 def validate_command(agent_ref: str, as_json: bool) -> None:
     """Import an agent and check it without serving: tool schemas, reward and loop.
@@ -259,7 +217,7 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
 
 
 @main.command("demo")
-@_agent_option
+@agent_option
 @click.option(
     "--dataset",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -306,7 +264,7 @@ def demo_command(
     agent = checked_agent(agent_ref)
     from .demo import DatasetError, load_problems, run_demo, summarize, write_outcomes
 
-    _configure_logging("warning")
+    configure_logging("warning")
     console = Console()
     try:
         problems = load_problems(dataset)[:limit]
@@ -326,3 +284,6 @@ def demo_command(
     write_outcomes(outcomes, output)
     console.print(f"per-rollout results written to {output}")
     sys.exit(0 if ok else 1)
+
+
+main.add_command(test_command)

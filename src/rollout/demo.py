@@ -282,8 +282,8 @@ def summarize(outcomes: Sequence[DemoOutcome], console: Console) -> bool:
     table.add_row("mean reward", f"{statistics.fmean(rewards):.3f}" if rewards else "n/a")
     table.add_row("mean turns", f"{statistics.fmean(turns):.2f}" if turns else "n/a")
     if seconds:
-        table.add_row("p50 init -> result", f"{_quantile(seconds, 0.50) * 1000:.1f} ms")
-        table.add_row("p99 init -> result", f"{_quantile(seconds, 0.99) * 1000:.1f} ms")
+        table.add_row("p50 init -> result", f"{quantile(seconds, 0.50) * 1000:.1f} ms")
+        table.add_row("p99 init -> result", f"{quantile(seconds, 0.99) * 1000:.1f} ms")
     console.print(table)
     for outcome in outcomes:
         if outcome.status not in ("COMPLETED",):
@@ -293,7 +293,7 @@ def summarize(outcomes: Sequence[DemoOutcome], console: Console) -> bool:
     return counts["ERROR"] == 0 and counts["lost"] == 0 and rejected == 0
 
 
-def _quantile(sorted_values: Sequence[float], q: float) -> float:
+def quantile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank quantile of already sorted values."""
     index = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
     return sorted_values[index]

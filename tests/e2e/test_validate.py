@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
-import trio
 
-from conftest import PROCESS_TIMEOUT
+from conftest import rollout_cli as _rollout
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -46,18 +44,6 @@ BROKEN = {
         "tool 'f': no description",
     ),
 }
-
-
-async def _rollout(cwd: Path, *args: str) -> tuple[int, str, str]:
-    with trio.fail_after(PROCESS_TIMEOUT):
-        done = await trio.run_process(
-            [sys.executable, "-m", "rollout", *args],
-            cwd=cwd,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
 async def test_the_readme_agent_is_valid(tmp_path: Path) -> None:

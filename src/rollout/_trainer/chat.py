@@ -15,7 +15,11 @@ from .._json import JSON, thaw, thaw_object
 from .._wire.models import CompletionParams, Message
 from .._wire.validation import ValidationError, _detail, structure_or_raise
 
-__all__ = ["Completion", "Usage", "chat_request", "parse_completion"]
+__all__ = ["TRAINER_ONLY", "Completion", "Usage", "chat_request", "openai_body", "parse_completion"]
+
+#: Keys of the chat body that only a trainer gets: an OpenAI-compatible server refuses
+#: unknown arguments (``rollout_id``) or charges for them (``logprobs``).
+TRAINER_ONLY = frozenset({"rollout_id", "logprobs"})
 
 
 @frozen
@@ -79,6 +83,12 @@ def chat_request(
     if tools:
         body["tools"] = [thaw(t) for t in tools]
     return body
+
+
+def openai_body(body: Mapping[str, JSON], model: str) -> dict[str, JSON]:
+    """``body`` (from :func:`chat_request`) for an OpenAI-compatible server (vLLM, SGLang,
+    Ollama, OpenAI): the trainer-only keys removed and ``model`` set."""
+    return {**{k: v for k, v in body.items() if k not in TRAINER_ONLY}, "model": model}
 
 
 def parse_completion(payload: JSON) -> Completion:

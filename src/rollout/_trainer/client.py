@@ -34,7 +34,7 @@ from ..errors import (
     TrainerHTTPError,
     TrainerTransportError,
 )
-from .chat import Completion, parse_completion
+from .chat import Completion, openai_body, parse_completion
 
 __all__ = ["RetryPolicy", "TrainerClient", "endpoint", "redact_url"]
 
@@ -130,6 +130,7 @@ class TrainerClient:
         delivery: RetryPolicy,
         max_response_bytes: int = 8 * 1024 * 1024,
         chat_path: str = CHAT_PATH,
+        model: str | None = None,
     ) -> None:
         _redact_httpx_logs()
         self.http = http
@@ -138,6 +139,9 @@ class TrainerClient:
         self.max_response_bytes = max_response_bytes
         #: Where LLM turns go under ``server_url``: the path of the protocol revision served.
         self.chat_path = chat_path
+        #: Set when the other side is an OpenAI-compatible server, not a trainer: every chat
+        #: body then names this model and leaves out the trainer-only keys.
+        self.model = model
 
     def for_chat_path(self, path: str) -> TrainerClient:
         """This client (same connections and policies) sending LLM turns to ``path``; the
@@ -148,6 +152,7 @@ class TrainerClient:
             delivery=self.delivery_policy,
             max_response_bytes=self.max_response_bytes,
             chat_path=path,
+            model=self.model,
         )
 
     async def chat(
@@ -169,6 +174,8 @@ class TrainerClient:
         encoded as strict JSON.
         """
         url = endpoint(server_url, self.chat_path)
+        if self.model is not None:
+            body = openai_body(body, self.model)
         try:
             content = _json.dumps(body)
         except _json.JSONError as exc:

@@ -35,12 +35,24 @@ async def _until_signal() -> None:
     default=None,
     help="Require 'Authorization: Bearer KEY' on both callbacks (401 otherwise).",
 )
-def main(host: str, port: int, behaviour: str, api_key: str | None) -> None:
+@click.option(
+    "--openai-compatible",
+    is_flag=True,
+    help="Answer as an OpenAI-compatible server (a model required, no token ids), for"
+    " rollout test --base-url http://HOST:PORT/v1.",
+)
+def main(
+    host: str, port: int, behaviour: str, api_key: str | None, openai_compatible: bool
+) -> None:
     """A trainer simulator: scripted calculator model, result recording."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trainer = MockTrainer(behaviour=behaviour, api_key=api_key)  # type: ignore[arg-type]
+    trainer = MockTrainer(
+        behaviour=behaviour,  # type: ignore[arg-type]
+        api_key=api_key,
+        openai_compatible=openai_compatible,
+    )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

@@ -62,6 +62,9 @@ class MockTrainer:
     - ``completion_tokens``: fixed ``usage.completion_tokens`` per answer (None: counted).
     - ``chat_delay``: seconds added to every chat answer.
     - ``chat_faults`` / ``completed_faults``: consumed first-in first-out, one per request.
+    - ``openai_compatible``: answer as an OpenAI-compatible server, not a trainer: a
+      ``model`` is required, trainer-only fields (``rollout_id``) are refused with ``400``
+      as OpenAI refuses unknown arguments, and answers carry no ``token_ids``/``logprobs``.
     - ``api_key``: when set, both callbacks need ``Authorization: Bearer <api_key>``
       (docs/PROTOCOL.md §7.5) and get ``401`` without it; requests are recorded either way.
     """
@@ -69,6 +72,7 @@ class MockTrainer:
     behaviour: Behaviour = "calculator"
     completion_tokens: int | None = None
     chat_delay: float = 0.0
+    openai_compatible: bool = False
     api_key: str | None = attrs.field(default=None, repr=False)
     chat_faults: deque[Fault] = attrs.field(factory=deque)
     completed_faults: deque[Fault] = attrs.field(factory=deque)
@@ -151,6 +155,15 @@ async def _apply(fault: Fault | None) -> Response | None:
     return None
 
 
+def _openai_refusal(body: dict[str, Any]) -> str | None:
+    """What an OpenAI-compatible server says of a trainer's chat body, or None."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "you must provide a model parameter"
+    if "rollout_id" in body:
+        return "Unrecognized request argument supplied: rollout_id"
+    return None
+
+
 def create_app(trainer: MockTrainer) -> QuartTrio:
     """The Quart-Trio app of ``trainer``."""
     app = QuartTrio("rollout.testing")
@@ -191,6 +204,8 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
             return faulted
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _json({"detail": "expected a chat completion request with messages"}, 422)
+        if trainer.openai_compatible and (refusal := _openai_refusal(body)) is not None:
+            return _json({"error": {"message": refusal, "type": "invalid_request_error"}}, 400)
         messages: list[Any] = body["messages"]
         tools = body.get("tools") if isinstance(body.get("tools"), list) else None
         reply = respond(messages, tools, trainer.behaviour)
@@ -201,24 +216,24 @@ def create_app(trainer: MockTrainer) -> QuartTrio:
         prompt = _token_count(messages)
         rollout_id = body.get("rollout_id", "none")
         turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
-        return _json(
-            {
-                "id": f"chatcmpl-{rollout_id}-{turn}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "default"),
-                "choices": [
-                    {"index": 0, "message": reply.message, "finish_reason": reply.finish_reason}
-                ],
-                "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
-                },
-                "token_ids": [(prompt + i) % 32000 for i in range(completion)],
-                "logprobs": [-0.1 * (1 + i % 5) for i in range(completion)],
-            }
-        )
+        answer: dict[str, Any] = {
+            "id": f"chatcmpl-{rollout_id}-{turn}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "default"),
+            "choices": [
+                {"index": 0, "message": reply.message, "finish_reason": reply.finish_reason}
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        if not trainer.openai_compatible:  # token data: a trainer's, not OpenAI's
+            answer["token_ids"] = [(prompt + i) % 32000 for i in range(completion)]
+            answer["logprobs"] = [-0.1 * (1 + i % 5) for i in range(completion)]
+        return _json(answer)
 
     @app.post("/v1/rollout/completed")
     async def completed() -> Response:

@@ -1,0 +1,78 @@
+"""What the ``rollout`` commands share: loading and checking the agent, its option,
+logging, the defaults (from :class:`~rollout.ServerConfig`: one place) and progress bars."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import stamina
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+from .. import _validate
+from ..agent import Agent
+from ..config import ServerConfig
+
+__all__ = [
+    "DEFAULTS",
+    "DEFAULT_AGENT",
+    "PROGRESS_COLUMNS",
+    "agent_option",
+    "checked_agent",
+    "configure_logging",
+    "load_agent",
+]
+
+DEFAULT_AGENT = "rollout.examples.calculator:agent"
+#: Every default of ``rollout serve`` comes from here: one place, not three.
+DEFAULTS = ServerConfig()
+PROGRESS_COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+)
+
+
+def load_agent(reference: str) -> Agent:
+    """The agent at ``module:name`` (see :func:`rollout._validate.load_agent`); a
+    :class:`click.BadParameter` (exit 2, one line) when it cannot be loaded."""
+    try:
+        return _validate.load_agent(reference)
+    except _validate.AgentLoadError as exc:
+        raise click.BadParameter(str(exc), param_hint="-m") from None
+
+
+def checked_agent(reference: str) -> Agent:
+    """:func:`load_agent`, then :func:`rollout._validate.check_agent`: a
+    :class:`click.ClickException` (exit 1) listing every problem, one per line."""
+    agent = load_agent(reference)
+    if problems := _validate.check_agent(agent):
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        raise click.ClickException(f"agent {reference} is not valid:\n{lines}")
+    return agent
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO: one line per LLM turn is noise at the default level.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The trainer client logs each retry with its URL, attempt, wait and cause; stamina's
+    # own line ("stamina.retry_scheduled") would only repeat it without saying what.
+    stamina.instrumentation.set_on_retry_hooks([])
+
+
+#: ``-m/--module``: the agent of serve, validate (and what comes next).
+agent_option = click.option(
+    "-m",
+    "--module",
+    "agent_ref",
+    default=DEFAULT_AGENT,
+    show_default=True,
+    help="The agent, as module:name.",
+)

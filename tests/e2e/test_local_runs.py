@@ -1,0 +1,103 @@
+"""``rollout test``: the README's agent over a dataset in the reference's format, against the
+built-in simulator (offline) and against a local OpenAI-compatible server (the simulator in
+its OpenAI-compatible mode: a model required, trainer-only fields refused, no token ids, a
+429 with Retry-After on the way), through the server's own lifecycle."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from conftest import rollout_cli
+from rollout.testing import Fault, MockTrainer
+from rollout.testing import serve as serve_simulator
+
+README = Path(__file__).parents[2] / "README.md"
+ROWS = [
+    {
+        "id": "w-1",
+        "system_prompt": "Use the tools.",
+        "user_prompt": "Weather in Paris?",
+        "ground_truth": "18",
+    },
+    {"id": "w-2", "user_prompt": "How cold is it in Oslo?", "ground_truth": "4"},
+    {"id": "w-3", "user_prompt": "And in Atlantis?", "ground_truth": "20"},
+]
+
+
+def _workspace(tmp_path: Path) -> None:
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
+    (tmp_path / "weather.py").write_text(code)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+
+
+async def _rollout(cwd: Path, *args: str) -> tuple[int, str]:
+    status, out, err = await rollout_cli(cwd, *args)
+    return status, out + err
+
+
+def _results(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+async def test_a_dataset_runs_against_the_built_in_simulator(tmp_path: Path) -> None:
+    _workspace(tmp_path)
+    status, output = await _rollout(
+        tmp_path, "test", "-m", "weather:agent", "-d", "rows.jsonl", "-o", "out.json"
+    )
+    assert status == 0, output
+    rows = _results(tmp_path / "out.json")
+    assert [(r["id"], r["status"], r["reward"]) for r in rows] == [
+        ("w-1", "COMPLETED", 1.0),
+        ("w-2", "COMPLETED", 1.0),
+        ("w-3", "COMPLETED", 0.0),  # the tool said "unknown city": an honest zero
+    ]
+    assert rows[0]["messages"][0] == {"role": "system", "content": "Use the tools."}
+    assert rows[0]["turns"] == 2
+    assert rows[0]["completion_tokens"] > 0
+    assert "rollout test: weather" in output
+
+
+async def test_a_dataset_runs_against_an_openai_compatible_server(tmp_path: Path) -> None:
+    _workspace(tmp_path)
+    server = MockTrainer(openai_compatible=True)
+    server.chat_faults.append(Fault(429, retry_after=1))  # a rate limit, waited out
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_simulator, server, "127.0.0.1", 0)
+        status, output = await _rollout(
+            tmp_path,
+            *("test", "-m", "weather:agent", "-d", "rows.jsonl", "--limit", "2"),
+            *("--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny-model"),
+            *("--api-key", "sk-local", "--temperature", "0.2", "--param", "seed=7"),
+            *("-o", "out.json"),
+        )
+        nursery.cancel_scope.cancel()
+
+    assert status == 0, output
+    rows = _results(tmp_path / "out.json")
+    assert [(r["status"], r["reward"]) for r in rows] == [("COMPLETED", 1.0)] * 2
+    bodies = [r.body for r in server.chat_requests]
+    assert len(bodies) == 5  # two turns per row, and the one answered 429
+    for body in bodies:
+        assert body["model"] == "tiny-model"
+        assert "rollout_id" not in body
+        assert "logprobs" not in body
+        assert (body["temperature"], body["seed"]) == (0.2, 7)
+    assert all(r.headers["authorization"] == "Bearer sk-local" for r in server.chat_requests)
+    assert "sk-local" not in output
+
+
+async def test_an_openai_compatible_server_without_a_model_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    _workspace(tmp_path)
+    status, output = await _rollout(
+        tmp_path, "test", "-m", "weather:agent", "-d", "rows.jsonl", "--base-url", "http://x/v1"
+    )
+    assert status == 2
+    assert "--model is required with --base-url" in output
+    assert "Traceback" not in output
