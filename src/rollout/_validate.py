@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -27,7 +28,7 @@ import jsonschema
 from .agent import Agent
 from .errors import RolloutError
 
-__all__ = ["AgentLoadError", "Problem", "check_agent", "load_agent"]
+__all__ = ["AgentLoadError", "Problem", "check_agent", "import_module", "load_agent"]
 
 #: OpenAI's rule for function names.
 _FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -58,19 +59,7 @@ def load_agent(reference: str) -> Agent:
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise AgentLoadError(f"expected 'module:name', got {reference!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except SyntaxError as exc:
-        where = f"{Path(exc.filename or module_name).name}:{exc.lineno}"
-        raise AgentLoadError(f"cannot import {module_name!r}: {where}: {exc.msg}") from None
-    except ImportError as exc:
-        raise AgentLoadError(f"cannot import {module_name!r}: {exc}") from None
-    except Exception as exc:
-        raise AgentLoadError(
-            f"importing {module_name!r} raised {_one_line(exc)}{_origin(exc)}"
-        ) from None
+    module = import_module(module_name)
     try:
         target = getattr(module, attribute)
     except AttributeError:
@@ -83,6 +72,24 @@ def load_agent(reference: str) -> Agent:
     if not isinstance(target, Agent):
         raise AgentLoadError(f"{reference} is a {type(target).__name__}, not a rollout.Agent")
     return target
+
+
+def import_module(module_name: str) -> ModuleType:
+    """Import ``module_name``, found from the current directory too. Raises
+    :class:`AgentLoadError` with one line (a SyntaxError names file and line)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module_name)
+    except SyntaxError as exc:
+        where = f"{Path(exc.filename or module_name).name}:{exc.lineno}"
+        raise AgentLoadError(f"cannot import {module_name!r}: {where}: {exc.msg}") from None
+    except ImportError as exc:
+        raise AgentLoadError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise AgentLoadError(
+            f"importing {module_name!r} raised {_one_line(exc)}{_origin(exc)}"
+        ) from None
 
 
 def check_agent(agent: Agent) -> list[Problem]:

@@ -19,7 +19,7 @@ from ._cli.common import (
     checked_agent,
     configure_logging,
 )
-from ._cli.local import test_command
+from ._cli.local import eval_command, test_command
 from ._server.serve import serve
 from .config import ServerConfig
 from .errors import RolloutError
@@ -287,3 +287,4 @@ def demo_command(
 
 
 main.add_command(test_command)
+main.add_command(eval_command)

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from conftest import rollout_cli
@@ -101,3 +102,30 @@ async def test_an_openai_compatible_server_without_a_model_is_a_usage_error(
     assert status == 2
     assert "--model is required with --base-url" in output
     assert "Traceback" not in output
+
+
+async def test_eval_prints_pass_at_k_for_a_model_and_its_baseline(tmp_path: Path) -> None:
+    _workspace(tmp_path)
+    server = MockTrainer(openai_compatible=True)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_simulator, server, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{port}/v1"
+        status, output = await _rollout(
+            tmp_path,
+            *("eval", "-m", "weather:agent", "-d", "rows.jsonl", "--n", "4"),
+            *("--base-url", base, "--model", "candidate", "--baseline-model", "baseline"),
+            *("-o", "eval.json"),
+        )
+        nursery.cancel_scope.cancel()
+
+    assert status == 0, output
+    for k in range(1, 5):
+        assert f"pass@{k}" in output
+    reports = json.loads((tmp_path / "eval.json").read_text())["reports"]
+    assert [r["label"] for r in reports] == ["candidate", "baseline"]
+    for scored in reports:
+        assert (scored["rows"], scored["samples"], scored["errored"]) == (3, 12, 0)
+        assert scored["pass_at"] == {str(k): pytest.approx(2 / 3) for k in range(1, 5)}
+    models = {r.body["model"] for r in server.chat_requests}
+    assert models == {"candidate", "baseline"}
+    assert len({r.body["messages"][-1]["content"] for r in server.chat_requests}) > 1
