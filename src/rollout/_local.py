@@ -30,6 +30,7 @@ from rich.table import Table
 
 from ._server.lifecycle import RunControl, run_rollout
 from ._server.phases import Tally
+from ._trace import NO_TRACE, TraceSink
 from ._trainer.client import CHAT_PATH, TrainerClient
 from ._wire import codec
 from ._wire.models import RolloutResult
@@ -100,10 +101,12 @@ async def run_rows(
     rollout_timeout: float = 600.0,
     concurrency: int = 4,
     on_done: Callable[[RowResult], None] | None = None,
+    trace_dir: Path | None = None,
 ) -> list[RowResult]:
     """Run ``agent`` on every problem, ``concurrency`` at a time; one result per problem,
-    in order. Raises :class:`~rollout._wire.validation.ValidationError` when the endpoint,
-    the params or a row make an invalid rollout (before anything runs)."""
+    in order; with ``trace_dir``, one trace per row (:mod:`rollout._trace`). Raises
+    :class:`~rollout._wire.validation.ValidationError` when the endpoint, the params or a row
+    make an invalid rollout (before anything runs)."""
     requests = [
         parse_init_request(
             {
@@ -131,16 +134,25 @@ async def run_rows(
             model=endpoint.model,
         )
 
+        sink = None if trace_dir is None else TraceSink(trace_dir, secrets=[endpoint.api_key])
+
         async def one(index: int) -> None:
+            request = requests[index]
             control = RunControl(tally, rollout_timeout, slots=slots)
-            result = RowResult.of(await run_rollout(requests[index], agent, trainer, control))
+            trace = NO_TRACE if sink is None else sink.trace(request.rollout_id)
+            rollout = await run_rollout(request, agent, trainer, control, trace=trace)
+            result = RowResult.of(rollout)
             results[index] = result
             if on_done is not None:
                 on_done(result)
 
-        async with trio.open_nursery() as nursery:
-            for index in range(len(requests)):
-                nursery.start_soon(one, index)
+        async with trio.open_nursery() as services:
+            if sink is not None:
+                await services.start(sink.run)
+            async with trio.open_nursery() as nursery:
+                for index in range(len(requests)):
+                    nursery.start_soon(one, index)
+            services.cancel_scope.cancel()  # the trace writer: flushes what is left
     return [r for r in results if r is not None]
 
 

@@ -36,6 +36,7 @@ import trio
 
 from . import _json, _threads
 from ._json import JSON
+from ._trace import NO_TRACE, Trace
 from ._trainer.chat import Completion, chat_request
 from ._wire import codec
 from ._wire.models import CompletionParams, FinishReason, Message, Metrics
@@ -180,6 +181,7 @@ class RolloutContext:
         agent: Agent,
         send_chat: ChatSender,
         tool_limiter: trio.CapacityLimiter | None = None,
+        trace: Trace = NO_TRACE,
     ) -> None:
         self.rollout_id = rollout_id
         self.metadata = metadata
@@ -193,6 +195,7 @@ class RolloutContext:
         self._tools = {t.name: t for t in agent.tools}
         self._send_chat = send_chat
         self._tool_limiter = tool_limiter
+        self._trace = trace
         self._unanswered: dict[str, None] = {}  # tool_call ids of the last assistant message
         self._last_finish_reason: str | None = None
         self._counters = _Counters()
@@ -253,6 +256,7 @@ class RolloutContext:
         body = chat_request(
             self.rollout_id, list(self._wire), self._params, self._agent.tool_schemas
         )
+        self._trace.event("pre_llm", turn=self.turns + 1, messages=len(self._wire))
         started = trio.current_time()
         try:
             completion = await self._send_chat(body)
@@ -270,6 +274,14 @@ class RolloutContext:
         message = completion.message
         self._messages.append(message)
         self._wire.append(codec.unstructure_message(message))
+        self._trace.event(
+            "llm_response",
+            turn=self.turns,
+            message=self._wire[-1],
+            finish_reason=completion.finish_reason,
+            usage=attrs.asdict(usage),
+            seconds=round(trio.current_time() - started, 6),
+        )
         self._unanswered = dict.fromkeys(call.id for call in message.tool_calls or ())
         return message
 
@@ -305,7 +317,18 @@ class RolloutContext:
         )
         for reply in replies:
             self.append(reply)
+        self._trace.event(
+            "tool_results",
+            turn=self.turns,
+            results=[{"tool_call_id": r.tool_call_id, "content": r.content} for r in replies],
+            seconds=round(trio.current_time() - started, 6),
+        )
         return replies
+
+    def log_event(self, name: str, **data: Any) -> None:
+        """Add event ``name`` with ``data`` to this rollout's trace (``rollout serve --log
+        DIR``); free when tracing is off, and it never raises or waits."""
+        self._trace.event(name, turn=self.turns, **data)
 
     def append(self, message: Message) -> None:
         """Append a ``user``/``system``/``tool`` message (e.g. environment feedback).

@@ -20,6 +20,7 @@ from ._cli.common import (
     configure_logging,
 )
 from ._cli.local import eval_command, test_command
+from ._cli.trace import trace_command
 from ._server.serve import serve
 from .config import ServerConfig
 from .errors import RolloutError
@@ -90,6 +91,15 @@ def main() -> None:
     " from after a restart. An empty value keeps them in memory only.",
 )
 @click.option(
+    "--log",
+    "trace_dir",
+    envvar="ROLLOUT_DEBUG_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_envvar=True,
+    help="Write one JSONL trace per rollout under DIR/<start time>/ (rollout trace reads them).",
+)
+@click.option(
     "--allow-trainer",
     "allow_trainers",
     envvar="ROLLOUT_SERVER_ALLOW_TRAINER",
@@ -122,6 +132,7 @@ def serve_command(
     rollout_timeout: float,
     drain_timeout: float,
     outbox: Path,
+    trace_dir: Path | None,
     allow_trainers: tuple[str, ...],
     max_response_bytes: int,
     log_level: str,
@@ -143,6 +154,7 @@ def serve_command(
             outbox_dir=outbox if str(outbox) not in ("", ".") else None,
             allow_trainers=allow_trainers,
             max_response_bytes=max_response_bytes,
+            trace_dir=trace_dir,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-trainer") from None
@@ -288,3 +300,4 @@ def demo_command(
 
 main.add_command(test_command)
 main.add_command(eval_command)
+main.add_command(trace_command)

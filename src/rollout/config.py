@@ -62,6 +62,7 @@ class ServerConfig:
       finish before closing them. Idle keep-alive connections from trainers hold shutdown
       for this long (Hypercorn's Trio worker does not close them early), so keep it short.
     - ``idempotency_ttl``: how long a finished rollout's key is remembered.
+    - ``trace_dir``: where per-rollout traces go (:mod:`rollout._trace`); ``None``: none.
     - ``outbox_dir``: where results wait on disk until acknowledged (:mod:`rollout.outbox`);
       ``None`` keeps them in memory only, so a stopped process loses undelivered ones.
     - ``max_body_bytes``: largest init body (``413`` beyond).
@@ -94,6 +95,7 @@ class ServerConfig:
     graceful_timeout: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     idempotency_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
     outbox_dir: Path | None = None
+    trace_dir: Path | None = None
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     max_admitted_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
     max_undelivered_results: int = attrs.field(default=4096, validator=_positive)

@@ -41,6 +41,10 @@ async def _rollout(cwd: Path, *args: str) -> tuple[int, str]:
     return status, out + err
 
 
+def _trace_files(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "traces").rglob("rollout-traced-1.jsonl"))
+
+
 def _results(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
@@ -129,3 +133,51 @@ async def test_eval_prints_pass_at_k_for_a_model_and_its_baseline(tmp_path: Path
     models = {r.body["model"] for r in server.chat_requests}
     assert models == {"candidate", "baseline"}
     assert len({r.body["messages"][-1]["content"] for r in server.chat_requests}) > 1
+
+
+async def test_traces_of_a_served_rollout_and_the_trace_command(
+    tmp_path: Path, start_server: Any, trainer: Any
+) -> None:
+    from conftest import init_body
+    from rollout import Agent, RolloutContext
+    from rollout.examples.calculator import agent as calculator
+
+    async def loop(ctx: RolloutContext) -> None:
+        ctx.log_event("my_event", detail="from agent code")
+        await calculator.loop(ctx)
+
+    agent = Agent("traced", tools=calculator.tools, loop=loop, reward=calculator.reward)
+    server = await start_server(agent=agent, trace_dir=tmp_path / "traces", api_key="inbound-7")
+    body = init_body(trainer, rollout_id="traced-1", api_key="sk-callback-7")
+    headers = {"authorization": "Bearer inbound-7"}
+    response = await server.init(body, headers=headers)
+    assert response.status_code == 202
+    await trainer.mock.wait_result("traced-1")
+    with trio.fail_after(10):
+        while not (files := _trace_files(tmp_path)) or "delivery" not in files[0].read_text():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+    events = [json.loads(line) for line in files[0].read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names[0] == "my_event"
+    assert names[1:] == [
+        "pre_llm",
+        "llm_response",
+        "tool_results",
+        "pre_llm",
+        "llm_response",
+        "rollout_complete",
+        "delivery",
+    ]
+    assert events[-2]["status"] == "COMPLETED"
+    assert events[-1]["acknowledged"] is True
+    assert all(e["rollout_id"] == "traced-1" and isinstance(e["ts"], float) for e in events)
+    raw = files[0].read_text()
+    assert "sk-callback-7" not in raw
+    assert "inbound-7" not in raw
+
+    status, output = await _rollout(tmp_path, "trace", str(tmp_path / "traces"))
+    assert status == 0, output
+    assert "rollout_complete: COMPLETED" in output
+    assert "my_event" in output
+    assert "→ add(" in output

@@ -76,6 +76,14 @@ def _run_options(function: F) -> F:
             help="Wall-clock deadline of one rollout, seconds.",
         ),
         click.option("--debug", is_flag=True, help="Log every request and retry."),
+        click.option(
+            "--log",
+            "trace_dir",
+            envvar="ROLLOUT_DEBUG_DIR",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Write one JSONL trace per rollout under DIR/<start time>/.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -91,6 +99,7 @@ class _Run:
     max_turns: int
     max_tokens_total: int
     rollout_timeout: float
+    trace_dir: Path | None
 
     @classmethod
     def of(cls, options: dict[str, Any]) -> _Run:
@@ -117,6 +126,7 @@ class _Run:
             options["max_turns"],
             options["max_tokens_total"],
             options["rollout_timeout"],
+            options["trace_dir"],
         )
 
     def rows(
@@ -154,6 +164,7 @@ class _Run:
                         rollout_timeout=self.rollout_timeout,
                         concurrency=concurrency,
                         on_done=lambda _: progress.advance(task),
+                        trace_dir=self.trace_dir,
                     )
                 nursery.cancel_scope.cancel()
             return rows

@@ -34,6 +34,7 @@ import trio
 
 from .. import _json
 from .._json import JSON
+from .._trace import NO_TRACE, Trace
 from .._trainer.chat import Completion
 from .._trainer.client import TrainerClient
 from .._wire import codec
@@ -94,6 +95,7 @@ async def run_rollout(
     control: RunControl,
     *,
     tool_limiter: trio.CapacityLimiter | None = None,
+    trace: Trace = NO_TRACE,
 ) -> RolloutResult:
     """Run ``agent`` on ``request`` and return its one result. Never raises but
     :class:`trio.Cancelled` from a scope *outside* ``control.scope``.
@@ -116,6 +118,7 @@ async def run_rollout(
         agent=agent,
         send_chat=send_chat,
         tool_limiter=tool_limiter,
+        trace=trace,
     )
     status, finish, reward, error = Status.ERROR, FinishReason.ERROR, None, None
     with control.scope:
@@ -155,7 +158,7 @@ async def run_rollout(
         reward = None  # an infrastructure or agent failure is never scored
         if finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN):
             finish = FinishReason.ERROR
-    return RolloutResult(
+    result = RolloutResult(
         rollout_id=request.rollout_id,
         status=status,
         final_messages=ctx.messages,
@@ -164,6 +167,16 @@ async def run_rollout(
         error_message=error,
         reward=reward,
     )
+    trace.event(
+        "rollout_complete",
+        turn=ctx.turns,
+        status=status.value,
+        finish_reason=finish.value,
+        reward=reward,
+        error_message=error,
+        metrics=attrs.asdict(result.metrics),
+    )
+    return result
 
 
 def _describe_trainer_error(exc: TrainerError, *, echo_body: bool) -> str:

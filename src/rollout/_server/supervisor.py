@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import trio
 
 from .. import _threads
+from .._trace import NO_TRACE, Trace, TraceSink
 from .._trainer.client import SYNC_COMPLETIONS_PATH, TrainerClient
 from .._wire.models import InitRequest, InitResponse, RolloutResult
 from ..agent import Agent
@@ -59,6 +60,11 @@ class Supervisor:
         outbox = None if config.outbox_dir is None else Outbox(config.outbox_dir)
         self.delivery = Delivery(trainer, outbox)
         self._sync_trainer = trainer.for_chat_path(SYNC_COMPLETIONS_PATH)
+        self.traces = (
+            None
+            if config.trace_dir is None
+            else TraceSink(config.trace_dir, secrets=[config.api_key])
+        )
         self._tool_limiter = trio.CapacityLimiter(config.max_tool_threads)
         self._sync_controls: set[RunControl] = set()  # synchronous rollouts in flight
         self._nursery: trio.Nursery | None = None
@@ -81,6 +87,8 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.traces is not None:
+                    await nursery.start(self.traces.run)
                 await self._restore(nursery)
                 nursery.start_soon(self._sweep, name="expired records")
                 task_status.started()
@@ -143,8 +151,9 @@ class Supervisor:
     async def _rollout(self, request: InitRequest, record: Record) -> None:
         """Run one rollout, keep its result, deliver it. Never raises but Cancelled: a bug
         here is logged and counted, and the rollout still gets a result if it can."""
+        trace = self._trace(request)
         try:
-            result = await self._run(request, record.control, self.trainer)
+            result = await self._run(request, record.control, self.trainer, trace)
             pending = PendingResult(
                 request.rollout_id,
                 request.server_url,
@@ -155,7 +164,13 @@ class Supervisor:
             )
             kept = await self.delivery.keep(pending)
             record.control.enter(Phase.DELIVERING, size=len(pending.result))
-            await self.delivery.deliver(pending, kept=kept)
+            acknowledged = await self.delivery.deliver(pending, kept=kept)
+            trace.event(
+                "delivery",
+                turn=result.metrics.num_llm_calls,
+                acknowledged=acknowledged,
+                kept_in_outbox=kept and not acknowledged,
+            )
         except Exception:
             self.internal_errors += 1
             self.delivery.lost_results += 1
@@ -164,12 +179,22 @@ class Supervisor:
             self.completed_rollouts += 1
             self.admission.finish(request.rollout_id, record)
 
+    def _trace(self, request: InitRequest) -> Trace:
+        if self.traces is None:
+            return NO_TRACE
+        return self.traces.trace(request.rollout_id, request.api_key)
+
     async def _run(
-        self, request: InitRequest, control: RunControl, trainer: TrainerClient
+        self, request: InitRequest, control: RunControl, trainer: TrainerClient, trace: Trace
     ) -> RolloutResult:
         try:
             result = await run_rollout(
-                request, self.agent, trainer, control, tool_limiter=self._tool_limiter
+                request,
+                self.agent,
+                trainer,
+                control,
+                tool_limiter=self._tool_limiter,
+                trace=trace,
             )
         except Exception as exc:  # run_rollout never raises: a bug of ours
             self.internal_errors += 1
@@ -205,7 +230,7 @@ class Supervisor:
         control.echo_trainer_body = False
         self._sync_controls.add(control)
         try:
-            return await self._run(request, control, self._sync_trainer)
+            return await self._run(request, control, self._sync_trainer, self._trace(request))
         finally:
             self._sync_controls.discard(control)
             self.completed_rollouts += 1
