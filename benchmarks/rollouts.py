@@ -29,7 +29,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from rollout.demo import load_problems
+from rollout._dataset import load_problems
 from rollout.testing import MockTrainer
 from rollout.testing import serve as serve_trainer
 
@@ -100,12 +100,9 @@ async def run(rollouts: int, concurrency: int, console: Console) -> None:
                     body = {
                         "rollout_id": rollout_id,
                         "server_url": trainer_url,
-                        "messages": [
-                            {"role": "system", "content": problem.system_prompt},
-                            {"role": "user", "content": problem.user_prompt},
-                        ],
+                        "messages": [dict(m) for m in problem.messages],
                         "completion_params": {"temperature": 0.7, "max_tokens": 256},
-                        "metadata": {"ground_truth": problem.ground_truth},
+                        "metadata": problem.init_metadata(),
                     }
                     async with limiter:
                         t0 = trio.current_time()

@@ -28,6 +28,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from ._dataset import Problem
 from ._server.lifecycle import RunControl, run_rollout
 from ._server.phases import Tally
 from ._trace import NO_TRACE, TraceSink
@@ -37,7 +38,7 @@ from ._wire.models import RolloutResult
 from ._wire.validation import parse_init_request
 from .agent import Agent
 from .config import RetryPolicy
-from .demo import Problem, quantile
+from .demo import group_rows, quantile
 
 __all__ = ["Endpoint", "RowResult", "run_rows", "summarize", "write_rows"]
 
@@ -70,9 +71,10 @@ class RowResult:
     error: str | None
     final_answer: str
     messages: list[Any]
+    group_id: str | None = None
 
     @classmethod
-    def of(cls, result: RolloutResult) -> RowResult:
+    def of(cls, result: RolloutResult, group_id: str | None = None) -> RowResult:
         body = codec.result_json(result)
         final = next((m.text for m in reversed(result.final_messages) if m.role == "assistant"), "")
         return cls(
@@ -87,6 +89,7 @@ class RowResult:
             error=result.error_message,
             final_answer=final,
             messages=list(body["final_messages"]),  # type: ignore[arg-type]
+            group_id=group_id,
         )
 
 
@@ -112,11 +115,11 @@ async def run_rows(
             {
                 "rollout_id": problem.id,
                 "server_url": endpoint.base_url,
-                "messages": _messages(problem),
+                "messages": [dict(m) for m in problem.messages],
                 "completion_params": completion_params,
                 "max_turns": max_turns,
                 "max_tokens_total": max_tokens_total,
-                "metadata": {"ground_truth": problem.ground_truth},
+                "metadata": problem.init_metadata(),
                 "api_key": endpoint.api_key,
             }
         )
@@ -141,7 +144,8 @@ async def run_rows(
             control = RunControl(tally, rollout_timeout, slots=slots)
             trace = NO_TRACE if sink is None else sink.trace(request.rollout_id)
             rollout = await run_rollout(request, agent, trainer, control, trace=trace)
-            result = RowResult.of(rollout)
+            group = problems[index].metadata.get("group_id")
+            result = RowResult.of(rollout, None if group is None else str(group))
             results[index] = result
             if on_done is not None:
                 on_done(result)
@@ -154,13 +158,6 @@ async def run_rows(
                     nursery.start_soon(one, index)
             services.cancel_scope.cancel()  # the trace writer: flushes what is left
     return [r for r in results if r is not None]
-
-
-def _messages(problem: Problem) -> list[dict[str, str]]:
-    messages = [{"role": "user", "content": problem.user_prompt}]
-    if problem.system_prompt:
-        messages.insert(0, {"role": "system", "content": problem.system_prompt})
-    return messages
 
 
 def summarize(rows: Sequence[RowResult], console: Console, *, title: str) -> bool:
@@ -178,6 +175,7 @@ def summarize(rows: Sequence[RowResult], console: Console, *, title: str) -> boo
         table.add_row("tokens (prompt / completion)", _tokens(rows))
         table.add_row("p50 latency", f"{quantile(seconds, 0.50):.2f} s")
         table.add_row("p99 latency", f"{quantile(seconds, 0.99):.2f} s")
+    group_rows(table, [(r.group_id, r.reward) for r in rows])
     console.print(table)
     for row in rows:
         if row.status != "COMPLETED":

@@ -234,10 +234,17 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
     "--dataset",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="JSONL problems (default: the bundled 124 calculator problems).",
+    help="Problems (.jsonl, .json, .csv, .parquet; default: the bundled 124 calculator problems).",
 )
 @click.option(
     "--limit", type=click.IntRange(1), default=None, help="Run only the first N problems."
+)
+@click.option(
+    "--group-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Rollouts per problem, as GRPO trains on (one group_id in their metadata).",
 )
 @click.option(
     "--concurrency",
@@ -264,6 +271,7 @@ def demo_command(
     agent_ref: str,
     dataset: Path | None,
     limit: int | None,
+    group_size: int,
     concurrency: int,
     output: Path,
     result_timeout: float,
@@ -274,12 +282,13 @@ def demo_command(
     Exits non-zero when any rollout was lost, rejected or ended in ERROR.
     """
     agent = checked_agent(agent_ref)
-    from .demo import DatasetError, load_problems, run_demo, summarize, write_outcomes
+    from ._dataset import DatasetError, expand_groups, load_problems
+    from .demo import run_demo, summarize, write_outcomes
 
     configure_logging("warning")
     console = Console()
     try:
-        problems = load_problems(dataset)[:limit]
+        problems = expand_groups(load_problems(dataset)[:limit], group_size)
     except DatasetError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataset") from None
     outcomes = trio.run(

@@ -15,7 +15,6 @@ import json
 import statistics
 from collections.abc import Sequence
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from rich.table import Table
 from rollout.testing import MockTrainer
 from rollout.testing import serve as serve_trainer
 
+from ._dataset import Problem, load_problems
 from ._server.serve import serve
 from .agent import Agent
 from .config import ServerConfig
@@ -41,28 +41,12 @@ DEMO_API_KEY = "demo-trainer-key"
 
 
 @attrs.frozen
-class Problem:
-    """One dataset row: ``{"id", "user_prompt", "ground_truth", "system_prompt"}``, strings;
-    ``system_prompt`` may be left out."""
-
-    id: str
-    system_prompt: str
-    user_prompt: str
-    ground_truth: str
-
-
-class DatasetError(ValueError):
-    """A dataset row that is not a problem; the message names the file, the line and the
-    field, in one line."""
-
-
-@attrs.frozen
 class DemoOutcome:
     """What the trainer saw of one rollout. ``status`` is "lost" when no result came."""
 
     rollout_id: str
     question: str
-    ground_truth: str
+    ground_truth: str | None
     status: str
     finish_reason: str | None
     reward: float | None
@@ -70,62 +54,14 @@ class DemoOutcome:
     seconds: float
     final_answer: str | None
     error_message: str | None
-
-
-def load_problems(path: Path | None = None) -> list[Problem]:
-    """Read a JSONL dataset (one :class:`Problem` object per line; blank lines skipped); the
-    bundled 124 calculator problems when ``path`` is None.
-
-    Raises :class:`DatasetError` for the first row that is not a problem (not JSON, not
-    an object, a missing or non-string field, a repeated id), and for a file that cannot
-    be read as UTF-8 text.
-    """
-    if path is None:
-        name = "calculator_problems.jsonl"
-        text = resources.files("rollout.examples").joinpath(name).read_text()
-    else:
-        name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{name}: cannot be read as UTF-8 text ({exc})") from None
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            problem = _problem(line, f"{name}:{number}")
-            if problem.id in seen:
-                raise DatasetError(f"{name}:{number}: id {problem.id!r} appears twice")
-            seen.add(problem.id)
-            problems.append(problem)
-    return problems
-
-
-def _problem(line: str, where: str) -> Problem:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        raise DatasetError(
-            f"{where}: not JSON (a .jsonl dataset holds one JSON object per line)"
-        ) from None
-    if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    fields: dict[str, str] = {"system_prompt": ""}
-    for field in ("id", "user_prompt", "ground_truth", "system_prompt"):
-        value = row.get(field, fields.get(field))
-        if value is None:
-            raise DatasetError(f"{where}: missing field {field!r}")
-        if not isinstance(value, str):
-            raise DatasetError(f"{where}: field {field!r} must be a string")
-        fields[field] = value
-    return Problem(**fields)
+    group_id: str | None = None
 
 
 def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) -> DemoOutcome:
     if result is None:
         return DemoOutcome(
             problem.id,
-            problem.user_prompt,
+            problem.question,
             problem.ground_truth,
             "lost",
             None,
@@ -134,13 +70,14 @@ def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) ->
             seconds,
             None,
             None,
+            _group(problem),
         )
     answers = [
         m.get("content") for m in result.get("final_messages", []) if m.get("role") == "assistant"
     ]
     return DemoOutcome(
         rollout_id=problem.id,
-        question=problem.user_prompt,
+        question=problem.question,
         ground_truth=problem.ground_truth,
         status=result["status"],
         finish_reason=result.get("finish_reason"),
@@ -149,7 +86,13 @@ def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) ->
         seconds=seconds,
         final_answer=answers[-1] if answers else None,
         error_message=result.get("error_message"),
+        group_id=_group(problem),
     )
+
+
+def _group(problem: Problem) -> str | None:
+    group = problem.metadata.get("group_id")
+    return None if group is None else str(group)
 
 
 async def _one(
@@ -160,9 +103,7 @@ async def _one(
     problem: Problem,
     result_timeout: float,
 ) -> DemoOutcome:
-    messages = [{"role": "user", "content": problem.user_prompt}]
-    if problem.system_prompt:
-        messages.insert(0, {"role": "system", "content": problem.system_prompt})
+    messages = [dict(m) for m in problem.messages]
     body = {
         "rollout_id": problem.id,
         "server_url": trainer_url,
@@ -170,7 +111,7 @@ async def _one(
         "completion_params": {"temperature": 0.7, "max_tokens": 256},
         "max_turns": 8,
         "max_tokens_total": 4096,
-        "metadata": {"ground_truth": problem.ground_truth},
+        "metadata": problem.init_metadata(),
         "api_key": DEMO_API_KEY,
     }
     started = trio.current_time()
@@ -284,6 +225,7 @@ def summarize(outcomes: Sequence[DemoOutcome], console: Console) -> bool:
     if seconds:
         table.add_row("p50 init -> result", f"{quantile(seconds, 0.50) * 1000:.1f} ms")
         table.add_row("p99 init -> result", f"{quantile(seconds, 0.99) * 1000:.1f} ms")
+    group_rows(table, [(o.group_id, o.reward) for o in outcomes])
     console.print(table)
     for outcome in outcomes:
         if outcome.status not in ("COMPLETED",):
@@ -291,6 +233,25 @@ def summarize(outcomes: Sequence[DemoOutcome], console: Console) -> bool:
                 f"[red]{outcome.rollout_id}: {outcome.status} {outcome.error_message or ''}[/red]"
             )
     return counts["ERROR"] == 0 and counts["lost"] == 0 and rejected == 0
+
+
+def group_rows(table: Table, rewards: Sequence[tuple[str | None, float | None]]) -> None:
+    """Add GRPO group rows to ``table`` from ``(group_id, reward)`` pairs: per-group mean
+    and spread of reward, and the share of groups whose rewards are all equal (no learning
+    signal in them). Nothing when no pair has a group. A missing reward counts as 0."""
+    groups: dict[str, list[float]] = {}
+    for group, reward in rewards:
+        if group is not None:
+            groups.setdefault(group, []).append(reward or 0.0)
+    if not groups:
+        return
+    means = [statistics.fmean(values) for values in groups.values()]
+    spreads = [statistics.pstdev(values) for values in groups.values()]
+    flat = sum(1 for values in groups.values() if len(set(values)) == 1)
+    table.add_row("groups", str(len(groups)))
+    table.add_row("mean group reward", f"{statistics.fmean(means):.3f}")
+    table.add_row("mean group spread (std)", f"{statistics.fmean(spreads):.3f}")
+    table.add_row("groups with equal rewards", f"{flat / len(groups):.0%} (no learning signal)")
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:

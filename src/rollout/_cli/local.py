@@ -17,9 +17,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from .. import _eval, _local, _validate
+from .._dataset import DatasetError, Problem, expand_groups, load_problems
 from .._wire.validation import ValidationError
 from ..agent import Agent
-from ..demo import DatasetError, Problem, load_problems
 from .common import DEFAULTS, PROGRESS_COLUMNS, agent_option, checked_agent, configure_logging
 
 __all__ = ["eval_command", "test_command"]
@@ -36,7 +36,20 @@ def _run_options(function: F) -> F:
             "--dataset",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             required=True,
-            help="JSONL rows: id, user_prompt, ground_truth, system_prompt (optional).",
+            help="Rows (.jsonl, .json, .csv, .parquet): user_prompt, ground_truth, optional"
+            " system_prompt and id; or a messages list; other columns go to metadata.",
+        ),
+        click.option(
+            "--prompt-field",
+            default="user_prompt",
+            show_default=True,
+            help="The column holding the prompt.",
+        ),
+        click.option(
+            "--answer-field",
+            default="ground_truth",
+            show_default=True,
+            help="The column holding the expected answer (metadata.ground_truth).",
         ),
         click.option(
             "--base-url",
@@ -107,7 +120,11 @@ class _Run:
         if options["base_url"] is not None and not options["model"]:
             raise click.BadParameter("--model is required with --base-url", param_hint="--model")
         try:
-            problems = load_problems(options["dataset"])[options["offset"] :][: options["limit"]]
+            problems = load_problems(
+                options["dataset"],
+                prompt_field=options["prompt_field"],
+                answer_field=options["answer_field"],
+            )[options["offset"] :][: options["limit"]]
         except DatasetError as exc:
             raise click.BadParameter(str(exc), param_hint="--dataset") from None
         completion: dict[str, Any] = {"max_tokens": options["max_tokens"]}
@@ -184,13 +201,22 @@ def _endpoint(base_url: str | None, model: str | None, key: str | None) -> _loca
 @_run_options
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
+    "--group-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Rollouts per prompt, as GRPO trains on (one group_id in their metadata).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Write per-row results (messages, reward, status, turns, tokens, latency) as JSON.",
 )
-def test_command(agent_ref: str, concurrency: int, output: Path | None, **options: Any) -> None:
+def test_command(
+    agent_ref: str, concurrency: int, group_size: int, output: Path | None, **options: Any
+) -> None:
     """Run an agent over a dataset, in-process, against a chat-completions endpoint.
 
     Each row goes through the server's own lifecycle (budgets, tools, deadline, reward).
@@ -200,8 +226,9 @@ def test_command(agent_ref: str, concurrency: int, output: Path | None, **option
     agent = checked_agent(agent_ref)
     console = Console()
     endpoint = _endpoint(options["base_url"], options["model"], options["api_key"])
+    problems = expand_groups(run.problems, group_size)
     rows = run.rows(
-        agent, run.problems, endpoint, concurrency=concurrency, console=console, label="rows"
+        agent, problems, endpoint, concurrency=concurrency, console=console, label="rows"
     )
     ok = _local.summarize(rows, console, title=f"rollout test: {agent.name}")
     if output is not None:
