@@ -38,6 +38,7 @@ def main() -> None:
     "--host", envvar="ROLLOUT_SERVER_HOST", default="0.0.0.0", show_default=True, show_envvar=True
 )
 @click.option(
+    "-p",
     "--port",
     envvar="ROLLOUT_SERVER_PORT",
     type=click.IntRange(0, 65535),
@@ -254,6 +255,7 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
     help="Rollouts in flight at once.",
 )
 @click.option(
+    "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("rollout-demo-results.json"),

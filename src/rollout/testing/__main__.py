@@ -22,7 +22,15 @@ async def _until_signal() -> None:
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=9001, show_default=True)
+@click.option(
+    "-p",
+    "--port",
+    envvar="MOCK_TRAINER_PORT",
+    type=click.IntRange(0, 65535),
+    default=9001,
+    show_default=True,
+    show_envvar=True,
+)
 @click.option(
     "--behaviour",
     type=click.Choice(["calculator", "always_tools"]),
