@@ -123,6 +123,11 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Restart when a .py file under the current directory changes (for development).",
+)
 def serve_command(
     agent_ref: str,
     host: str,
@@ -137,6 +142,7 @@ def serve_command(
     allow_trainers: tuple[str, ...],
     max_response_bytes: int,
     log_level: str,
+    reload: bool,
 ) -> None:
     """Serve an agent until SIGTERM or SIGINT, then drain gracefully.
 
@@ -145,6 +151,8 @@ def serve_command(
     """
     configure_logging(log_level)
     agent = checked_agent(agent_ref)
+    if reload:
+        _serve_with_reload()
     try:
         config = ServerConfig(
             api_key=api_key or None,
@@ -186,6 +194,33 @@ def serve_command(
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+def _serve_with_reload() -> None:
+    """Run this same ``rollout serve`` (without ``--reload``) in a child process, restarted
+    by watchfiles when a ``.py`` file under the current directory changes; returns only by
+    exiting."""
+    import shlex
+
+    import watchfiles
+
+    arguments = [a for a in sys.argv[1:] if a != "--reload"]
+    command = shlex.join([sys.executable, "-m", "rollout", *arguments])
+    log = logging.getLogger("rollout")
+
+    def changed(changes: set[tuple[watchfiles.Change, str]]) -> None:
+        names = ", ".join(sorted({Path(path).name for _, path in changes}))
+        log.warning("reload: %s changed, restarting the server", names)
+
+    log.info("reload: watching %s for .py changes", Path.cwd())
+    watchfiles.run_process(
+        Path.cwd(),
+        target=command,
+        target_type="command",
+        callback=changed,
+        watch_filter=watchfiles.PythonFilter(),
+    )
+    sys.exit(0)
 
 
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
