@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import jsonschema
 
+from . import porting
 from .agent import Agent
 from .errors import RolloutError
 
@@ -69,6 +70,13 @@ def load_agent(reference: str) -> Agent:
             target = target()
         except Exception as exc:
             raise AgentLoadError(f"{reference}() raised {_one_line(exc)}{_origin(exc)}") from None
+    if not isinstance(target, Agent) and porting.looks_like_reference_loop(target):
+        try:
+            target = porting.from_reference(target)  # a loop written for the reference SDK
+        except Exception as exc:
+            raise AgentLoadError(
+                f"{reference}: adapting the agent loop failed: {_one_line(exc)}{_origin(exc)}"
+            ) from None
     if not isinstance(target, Agent):
         raise AgentLoadError(f"{reference} is a {type(target).__name__}, not a rollout.Agent")
     return target

@@ -60,7 +60,7 @@ def test_public_classes_and_functions_say_they_come_from_rollout() -> None:
 def test_no_public_module_leaks_implementation_names() -> None:
     """The public modules are the agent API, tools, errors and settings; implementation
     lives in underscore packages."""
-    public_modules = {"agent", "tools", "errors", "config", "cli", "demo", "examples"}
+    public_modules = {"agent", "tools", "errors", "config", "cli", "demo", "examples", "porting"}
     import pkgutil
 
     found = {m.name for m in pkgutil.iter_modules(rollout.__path__) if not m.name.startswith("_")}
