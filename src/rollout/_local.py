@@ -34,13 +34,13 @@ from ._server.phases import Tally
 from ._trace import NO_TRACE, TraceSink
 from ._trainer.client import CHAT_PATH, TrainerClient
 from ._wire import codec
-from ._wire.models import RolloutResult
+from ._wire.models import InitRequest, RolloutResult
 from ._wire.validation import parse_init_request
 from .agent import Agent
 from .config import RetryPolicy
 from .demo import group_rows, quantile
 
-__all__ = ["Endpoint", "RowResult", "run_rows", "summarize", "write_rows"]
+__all__ = ["Endpoint", "RowResult", "init_request", "run_rows", "summarize", "write_rows"]
 
 #: Where an OpenAI-compatible server takes chat requests, under its ``/v1`` base URL.
 OPENAI_CHAT_PATH = "/chat/completions"
@@ -93,6 +93,29 @@ class RowResult:
         )
 
 
+def init_request(
+    problem: Problem,
+    endpoint: Endpoint,
+    completion_params: dict[str, Any],
+    max_turns: int,
+    max_tokens_total: int,
+) -> InitRequest:
+    """The init a trainer would send for ``problem``. Raises
+    :class:`~rollout._wire.validation.ValidationError` for one that is not valid."""
+    return parse_init_request(
+        {
+            "rollout_id": problem.id,
+            "server_url": endpoint.base_url,
+            "messages": [dict(m) for m in problem.messages],
+            "completion_params": completion_params,
+            "max_turns": max_turns,
+            "max_tokens_total": max_tokens_total,
+            "metadata": problem.init_metadata(),
+            "api_key": endpoint.api_key,
+        }
+    )
+
+
 async def run_rows(
     agent: Agent,
     problems: Sequence[Problem],
@@ -111,18 +134,7 @@ async def run_rows(
     :class:`~rollout._wire.validation.ValidationError` when the endpoint, the params or a row
     make an invalid rollout (before anything runs)."""
     requests = [
-        parse_init_request(
-            {
-                "rollout_id": problem.id,
-                "server_url": endpoint.base_url,
-                "messages": [dict(m) for m in problem.messages],
-                "completion_params": completion_params,
-                "max_turns": max_turns,
-                "max_tokens_total": max_tokens_total,
-                "metadata": problem.init_metadata(),
-                "api_key": endpoint.api_key,
-            }
-        )
+        init_request(problem, endpoint, completion_params, max_turns, max_tokens_total)
         for problem in problems
     ]
     results: list[RowResult | None] = [None] * len(requests)

@@ -19,7 +19,8 @@ from ._cli.common import (
     checked_agent,
     configure_logging,
 )
-from ._cli.local import eval_command, test_command
+from ._cli.eval import eval_command
+from ._cli.local import test_command
 from ._cli.trace import trace_command
 from ._server.serve import serve
 from .config import ServerConfig

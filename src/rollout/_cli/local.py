@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,20 +14,19 @@ import click
 import trio
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
-from .. import _eval, _local, _validate
+from .. import _local
 from .._dataset import DatasetError, Problem, expand_groups, load_problems
 from .._wire.validation import ValidationError
 from ..agent import Agent
 from .common import DEFAULTS, PROGRESS_COLUMNS, agent_option, checked_agent, configure_logging
 
-__all__ = ["eval_command", "test_command"]
+__all__ = ["Run", "endpoint_of", "run_options", "test_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _run_options(function: F) -> F:
+def run_options(function: F) -> F:
     """The options ``test`` and ``eval`` share: the dataset, the endpoint, the budgets and
     the sampling params."""
     options = [
@@ -104,7 +103,7 @@ def _run_options(function: F) -> F:
 
 
 @attrs.frozen
-class _Run:
+class Run:
     """What ``test`` and ``eval`` read from the shared options."""
 
     problems: list[Problem]
@@ -115,7 +114,7 @@ class _Run:
     trace_dir: Path | None
 
     @classmethod
-    def of(cls, options: dict[str, Any]) -> _Run:
+    def of(cls, options: dict[str, Any]) -> Run:
         configure_logging("debug" if options["debug"] else "warning")
         if options["base_url"] is not None and not options["model"]:
             raise click.BadParameter("--model is required with --base-url", param_hint="--model")
@@ -156,9 +155,61 @@ class _Run:
         console: Console,
         label: str,
     ) -> list[_local.RowResult]:
-        """Run ``problems`` with a progress bar; against the built-in simulator when
-        ``endpoint`` is None. Raises :class:`click.UsageError` for settings that make no
-        valid rollout."""
+        """Run ``problems`` with a progress bar (see :meth:`_on`)."""
+
+        async def work(target: _local.Endpoint) -> list[_local.RowResult]:
+            with Progress(*PROGRESS_COLUMNS, console=console) as progress:
+                task = progress.add_task(label, total=len(problems))
+                return await _local.run_rows(
+                    agent,
+                    problems,
+                    target,
+                    completion_params=self.completion,
+                    max_turns=self.max_turns,
+                    max_tokens_total=self.max_tokens_total,
+                    rollout_timeout=self.rollout_timeout,
+                    concurrency=concurrency,
+                    on_done=lambda _: progress.advance(task),
+                    trace_dir=self.trace_dir,
+                )
+
+        return self._on(endpoint, work)
+
+    def interactive(
+        self,
+        agent: Agent,
+        problems: Sequence[Problem],
+        endpoint: _local.Endpoint | None,
+        *,
+        start_row: int,
+        console: Console,
+    ) -> list[_local.RowResult]:
+        """Step through ``problems`` (:mod:`rollout._cli.interactive`)."""
+        from .interactive import run_interactive
+
+        async def work(target: _local.Endpoint) -> list[_local.RowResult]:
+            return await run_interactive(
+                agent,
+                problems,
+                target,
+                start_row=start_row,
+                completion_params=self.completion,
+                max_turns=self.max_turns,
+                max_tokens_total=self.max_tokens_total,
+                rollout_timeout=self.rollout_timeout,
+                console=console,
+                ask=_ask,
+            )
+
+        return self._on(endpoint, work)
+
+    @staticmethod
+    def _on(
+        endpoint: _local.Endpoint | None,
+        work: Callable[[_local.Endpoint], Awaitable[list[_local.RowResult]]],
+    ) -> list[_local.RowResult]:
+        """``work`` on ``endpoint``, or on the built-in simulator served on loopback when it
+        is None. Raises :class:`click.UsageError` for settings that make no valid rollout."""
 
         async def run() -> list[_local.RowResult]:
             async with trio.open_nursery() as nursery:
@@ -169,20 +220,7 @@ class _Run:
 
                     port = await nursery.start(serve_simulator, MockTrainer(), "127.0.0.1", 0)
                     target = _local.Endpoint(f"http://127.0.0.1:{port}")
-                with Progress(*PROGRESS_COLUMNS, console=console) as progress:
-                    task = progress.add_task(label, total=len(problems))
-                    rows = await _local.run_rows(
-                        agent,
-                        problems,
-                        target,
-                        completion_params=self.completion,
-                        max_turns=self.max_turns,
-                        max_tokens_total=self.max_tokens_total,
-                        rollout_timeout=self.rollout_timeout,
-                        concurrency=concurrency,
-                        on_done=lambda _: progress.advance(task),
-                        trace_dir=self.trace_dir,
-                    )
+                rows = await work(target)
                 nursery.cancel_scope.cancel()
             return rows
 
@@ -192,13 +230,25 @@ class _Run:
             raise click.UsageError(f"these settings make no valid rollout: {exc}") from None
 
 
-def _endpoint(base_url: str | None, model: str | None, key: str | None) -> _local.Endpoint | None:
+async def _ask(prompt: str) -> str:
+    """A line from the terminal, read off the event loop; end of input means quit."""
+
+    def read() -> str:
+        try:
+            return input(prompt)
+        except EOFError:
+            return "q"
+
+    return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+
+
+def endpoint_of(base_url: str | None, model: str | None, key: str | None) -> _local.Endpoint | None:
     return None if base_url is None else _local.Endpoint(base_url.rstrip("/"), model, key)
 
 
 @click.command("test")
 @agent_option
-@_run_options
+@run_options
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True)
 @click.option(
     "--group-size",
@@ -208,6 +258,20 @@ def _endpoint(base_url: str | None, model: str | None, key: str | None) -> _loca
     help="Rollouts per prompt, as GRPO trains on (one group_id in their metadata).",
 )
 @click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="Step through each LLM call of each row (next, continue, skip, jump, quit).",
+)
+@click.option(
+    "--row",
+    "start_row",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="With -i: the row (1-based) to start at.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -215,136 +279,32 @@ def _endpoint(base_url: str | None, model: str | None, key: str | None) -> _loca
     help="Write per-row results (messages, reward, status, turns, tokens, latency) as JSON.",
 )
 def test_command(
-    agent_ref: str, concurrency: int, group_size: int, output: Path | None, **options: Any
+    agent_ref: str,
+    concurrency: int,
+    group_size: int,
+    interactive: bool,
+    start_row: int,
+    output: Path | None,
+    **options: Any,
 ) -> None:
     """Run an agent over a dataset, in-process, against a chat-completions endpoint.
 
     Each row goes through the server's own lifecycle (budgets, tools, deadline, reward).
     Exits non-zero when any row ended in ERROR.
     """
-    run = _Run.of(options)
+    run = Run.of(options)
     agent = checked_agent(agent_ref)
     console = Console()
-    endpoint = _endpoint(options["base_url"], options["model"], options["api_key"])
+    endpoint = endpoint_of(options["base_url"], options["model"], options["api_key"])
     problems = expand_groups(run.problems, group_size)
-    rows = run.rows(
-        agent, problems, endpoint, concurrency=concurrency, console=console, label="rows"
-    )
+    if interactive:
+        rows = run.interactive(agent, problems, endpoint, start_row=start_row, console=console)
+    else:
+        rows = run.rows(
+            agent, problems, endpoint, concurrency=concurrency, console=console, label="rows"
+        )
     ok = _local.summarize(rows, console, title=f"rollout test: {agent.name}")
     if output is not None:
         _local.write_rows(rows, output)
         console.print(f"per-row results written to {output}")
     sys.exit(0 if ok else 1)
-
-
-@click.command("eval")
-@agent_option
-@_run_options
-@click.option(
-    "--n", "n", type=click.IntRange(1), default=1, show_default=True, help="Samples per row."
-)
-@click.option(
-    "--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Rollouts at once."
-)
-@click.option(
-    "--eval-fn",
-    default=None,
-    metavar="MODULE:FN",
-    help="Score with FN(trajectory) -> float instead of the agent's reward.",
-)
-@click.option(
-    "--pass-threshold",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="A sample passes (for pass@k) when its score is at least this.",
-)
-@click.option("--baseline-model", default=None, help="Compare with this model, same rows.")
-@click.option(
-    "--baseline-base-url", default=None, help="Where the baseline model is (default: --base-url)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the report (with per-row rewards) as JSON.",
-)
-def eval_command(
-    agent_ref: str,
-    n: int,
-    batch_size: int,
-    eval_fn: str | None,
-    pass_threshold: float,
-    baseline_model: str | None,
-    baseline_base_url: str | None,
-    as_json: bool,
-    output: Path | None,
-    **options: Any,
-) -> None:
-    """Benchmark a model with an agent: N samples per row, mean and spread of the score,
-    pass@k for k = 1..N (Chen et al. 2021), optionally side by side with a baseline."""
-    run = _Run.of(options)
-    agent = checked_agent(agent_ref)
-    if eval_fn is not None:
-        agent = attrs.evolve(agent, reward=_load_function(eval_fn))
-    console = Console(stderr=as_json)
-    samples = [
-        attrs.evolve(problem, id=_eval.sample_id(problem.id, index))
-        for problem in run.problems
-        for index in range(n)
-    ]
-    targets = [(options["model"] or "simulator", options["base_url"], options["model"])]
-    if baseline_model is not None:
-        base = baseline_base_url or options["base_url"]
-        if base is None:
-            raise click.BadParameter(
-                "needs --baseline-base-url or --base-url", param_hint="--baseline-model"
-            )
-        targets.append((baseline_model, base, baseline_model))
-    reports = []
-    for label, base_url, model in targets:
-        endpoint = _endpoint(base_url, model, options["api_key"])
-        rows = run.rows(
-            agent, samples, endpoint, concurrency=batch_size, console=console, label=label
-        )
-        reports.append(_eval.report(label, rows, n=n, threshold=pass_threshold))
-    body = {"agent": agent.name, "reports": [r.to_json() for r in reports]}
-    if output is not None:
-        output.write_text(json.dumps(body, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(body))
-    else:
-        _print_reports(reports, console)
-    sys.exit(0 if all(r.errored == 0 for r in reports) else 1)
-
-
-def _print_reports(reports: Sequence[_eval.EvalReport], console: Console) -> None:
-    table = Table(title="rollout eval")
-    table.add_column("")
-    for report in reports:
-        table.add_column(report.label, justify="right")
-
-    def row(name: str, value: Callable[[_eval.EvalReport], str]) -> None:
-        table.add_row(name, *(value(r) for r in reports))
-
-    row("rows x samples", lambda r: f"{r.rows} x {r.n}")
-    row("errored", lambda r: str(r.errored))
-    row("mean score", lambda r: "n/a" if r.mean_reward is None else f"{r.mean_reward:.3f}")
-    row("std score", lambda r: "n/a" if r.std_reward is None else f"{r.std_reward:.3f}")
-    for k in range(1, max(r.n for r in reports) + 1):
-        row(f"pass@{k}", lambda r, k=k: f"{r.pass_at[k]:.3f}" if k in r.pass_at else "")  # type: ignore[misc]
-    console.print(table)
-
-
-def _load_function(reference: str) -> Callable[..., Any]:
-    module_name, _, name = reference.partition(":")
-    try:
-        module = _validate.import_module(module_name)
-        function = getattr(module, name)
-    except (_validate.AgentLoadError, AttributeError) as exc:
-        raise click.BadParameter(str(exc) or f"no {reference}", param_hint="--eval-fn") from None
-    if not callable(function):
-        raise click.BadParameter(f"{reference} is not callable", param_hint="--eval-fn")
-    return function  # type: ignore[no-any-return]
