@@ -7,6 +7,7 @@ nox -s demo           # the end-to-end demo (same as `uv run rollout demo`)
 nox -s conformance -- --target URL [options]   # check any rollout server (docs/CONFORMANCE.md)
 nox -s conformance    # without --target: serve ours on a free loopback port and check it
 nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
+nox -s browser        # /docs in headless Chromium (needs: apt-get install chromium)
 nox -s fuzz [-- --bodies N --seed S --concurrency C --report FILE]   # hostile bodies: 0 5xx
 """
 
@@ -110,3 +111,14 @@ def fuzz(session: nox.Session) -> None:
     """10,000 hostile bodies and headers against a server process; fails on any 5xx."""
     _sync(session)
     session.run("python", "tests/fuzzing/hostile.py", *session.posargs)
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The /docs page in a real headless Chromium (tests/browser)."""
+    import shutil
+
+    if not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+        session.error("no chromium binary: apt-get install chromium")
+    _sync(session)
+    session.run("pytest", "-m", "browser", "tests/browser", *session.posargs)

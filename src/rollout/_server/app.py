@@ -17,6 +17,7 @@ budget, ``after_serving`` drains the supervisor first, and only then closes the 
 from __future__ import annotations
 
 import hmac
+import importlib.metadata
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ from ..agent import Agent
 from ..config import ServerConfig
 from .admission import AdmissionError
 from .lifecycle import encode_result
+from .openapi import DOCS_HTML, openapi
 from .supervisor import Supervisor
 
 __all__ = ["create_app", "supervisor_of"]
@@ -211,6 +213,18 @@ def create_app(
             return refused(exc)
         return Response(encode_result(result), status=200, content_type="application/json")
 
+    spec = openapi(agent.name, _version())
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        """The OpenAPI 3.1 document, generated from the wire models."""
+        return _json(spec, 200)
+
+    @app.get("/docs")
+    async def docs() -> Response:
+        """A page that renders ``/openapi.json`` (no external asset)."""
+        return Response(DOCS_HTML, status=200, content_type="text/html; charset=utf-8")
+
     @app.get("/health")
     async def health() -> Response:
         """``200`` while the engine runs (also while draining), ``503`` once it failed."""
@@ -229,6 +243,13 @@ def create_app(
         return _error(500, "internal server error")
 
     return app
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rollout")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "0"
 
 
 def _policed_transport(policy: TrainerPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
