@@ -54,6 +54,8 @@ class EvalReport:
     std_reward: float | None
     pass_at: dict[int, float]
     per_row: list[dict[str, Any]]
+    #: Share of rows whose samples all scored the same: as a GRPO group, no learning signal.
+    flat_rows: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         body = attrs.asdict(self)
@@ -90,6 +92,8 @@ def report(
         for k in range(1, n + 1)
         if by_row and all(len(samples) >= k for samples in by_row.values())
     }
+    scored = [[s.reward or 0.0 for s in samples] for samples in by_row.values()]
+    flat = sum(1 for scores in scored if len(set(scores)) == 1) / len(scored) if scored else None
     return EvalReport(
         label=label,
         n=n,
@@ -100,4 +104,5 @@ def report(
         std_reward=statistics.pstdev(rewards) if len(rewards) > 1 else None,
         pass_at=pass_at,
         per_row=per_row,
+        flat_rows=flat if n > 1 else None,
     )

@@ -63,6 +63,7 @@ def test_a_report_scores_rows_of_samples() -> None:
     assert scored.pass_at == {1: pytest.approx((0.5 + 0.0) / 2), 2: pytest.approx((1.0 + 0) / 2)}
     assert scored.per_row[0] == {"id": "a", "rewards": [1.0, 0.0], "passed": 1, "errored": 0}
     assert scored.to_json()["pass_at"] == {"1": 0.25, "2": 0.5}
+    assert scored.flat_rows == 0.5  # row b scored 0 and (error) 0: no signal in that group
 
 
 def test_a_row_id_with_the_separator_in_it_stays_whole() -> None:

@@ -116,6 +116,7 @@ def _print_reports(reports: Sequence[_eval.EvalReport], console: Console) -> Non
     row("errored", lambda r: str(r.errored))
     row("mean score", lambda r: "n/a" if r.mean_reward is None else f"{r.mean_reward:.3f}")
     row("std score", lambda r: "n/a" if r.std_reward is None else f"{r.std_reward:.3f}")
+    row("rows with equal scores", lambda r: "n/a" if r.flat_rows is None else f"{r.flat_rows:.0%}")
     for k in range(1, max(r.n for r in reports) + 1):
         row(f"pass@{k}", lambda r, k=k: f"{r.pass_at[k]:.3f}" if k in r.pass_at else "")  # type: ignore[misc]
     console.print(table)
