@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["NO_TRACE", "Trace", "TraceSink", "trace_file_name"]
+__all__ = ["NO_TRACE", "Trace", "TraceSink", "safe_name", "trace_file_name"]
 
 log = logging.getLogger("rollout.trace")
 
@@ -37,13 +37,18 @@ BUFFER_EVENTS = 10_000
 BATCH_EVENTS = 512
 
 
+def safe_name(text: str) -> str:
+    """``text`` made safe for a file name (and, when that changed it, a short hash so that
+    two texts never share a name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100]
+    if safe != text:
+        safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return safe
+
+
 def trace_file_name(rollout_id: str) -> str:
-    """``rollout-<id>.jsonl`` with the id made safe for a file name (and, when that changed
-    it, a short hash so that two ids never share a file)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", rollout_id)[:100]
-    if safe != rollout_id:
-        safe += "-" + hashlib.sha256(rollout_id.encode()).hexdigest()[:8]
-    return f"rollout-{safe}.jsonl"
+    """``rollout-<id>.jsonl``, the id made safe (:func:`safe_name`)."""
+    return f"rollout-{safe_name(rollout_id)}.jsonl"
 
 
 class Trace:
@@ -100,7 +105,7 @@ class TraceSink:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write events until cancelled; then write what is buffered (shielded, bounded)."""
-        await trio.to_thread.run_sync(lambda: self.directory.mkdir(parents=True, exist_ok=True))
+        await trio.to_thread.run_sync(self._make_directory)
         task_status.started()
         try:
             while True:
@@ -123,6 +128,18 @@ class TraceSink:
                         break
                 if rest:
                     await self._write(rest)
+
+    def _make_directory(self) -> None:
+        """Create :attr:`directory`; another run that started the same second gets
+        ``<time>-2``, ``-3``, ...: two runs never share a file."""
+        base, number = self.directory, 1
+        while True:
+            try:
+                self.directory.mkdir(parents=True)
+                return
+            except FileExistsError:
+                number += 1
+                self.directory = base.with_name(f"{base.name}-{number}")
 
     async def _write(self, batch: list[tuple[str, str]]) -> None:
         by_file: dict[str, list[str]] = {}

@@ -52,9 +52,12 @@ def _results(path: Path) -> list[dict[str, Any]]:
 async def test_a_dataset_runs_against_the_built_in_simulator(tmp_path: Path) -> None:
     _workspace(tmp_path)
     status, output = await _rollout(
-        tmp_path, "test", "-m", "weather:agent", "-d", "rows.jsonl", "-o", "out.json"
+        tmp_path,
+        *("test", "-m", "weather:agent", "-d", "rows.jsonl", "-o", "out.json", "--log", "traces"),
     )
     assert status == 0, output
+    traces = sorted(p.name for p in (tmp_path / "traces").rglob("*.jsonl"))
+    assert traces == ["rollout-w-1.jsonl", "rollout-w-2.jsonl", "rollout-w-3.jsonl"]
     rows = _results(tmp_path / "out.json")
     assert [(r["id"], r["status"], r["reward"]) for r in rows] == [
         ("w-1", "COMPLETED", 1.0),
@@ -118,7 +121,7 @@ async def test_eval_prints_pass_at_k_for_a_model_and_its_baseline(tmp_path: Path
             tmp_path,
             *("eval", "-m", "weather:agent", "-d", "rows.jsonl", "--n", "4"),
             *("--base-url", base, "--model", "candidate", "--baseline-model", "baseline"),
-            *("-o", "eval.json"),
+            *("-o", "eval.json", "--log", "traces"),
         )
         nursery.cancel_scope.cancel()
 
@@ -130,6 +133,9 @@ async def test_eval_prints_pass_at_k_for_a_model_and_its_baseline(tmp_path: Path
     for scored in reports:
         assert (scored["rows"], scored["samples"], scored["errored"]) == (3, 12, 0)
         assert scored["pass_at"] == {str(k): pytest.approx(2 / 3) for k in range(1, 5)}
+    for model in ("candidate", "baseline"):  # a directory per model, a trace per sample
+        traces = list((tmp_path / "traces" / model).rglob("rollout-w-1_*.jsonl"))
+        assert len(traces) == 4
     models = {r.body["model"] for r in server.chat_requests}
     assert models == {"candidate", "baseline"}
     assert len({r.body["messages"][-1]["content"] for r in server.chat_requests}) > 1

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import _eval, _validate
+from .._trace import safe_name
 from .common import agent_option, checked_agent
 from .local import Run, endpoint_of, run_options
 
@@ -89,6 +90,8 @@ def eval_command(
     reports = []
     for label, base_url, model in targets:
         endpoint = endpoint_of(base_url, model, options["api_key"])
+        if run.trace_dir is not None:  # one trace directory per model
+            run = attrs.evolve(run, trace_dir=options["trace_dir"] / safe_name(label))
         rows = run.rows(
             agent, samples, endpoint, concurrency=batch_size, console=console, label=label
         )
