@@ -32,7 +32,7 @@ async def test_the_docs_page_renders_the_spec(server: Server) -> None:
 
     assert 'data-loaded="yes"' in dom  # the script ran and fetched /openapi.json
     assert "rollout server: calculator" in dom
-    for operation in ("initRollout", "runRolloutSync", "health"):
+    for operation in ("initRollout", "runRolloutSync", "health", "rolloutStatus"):
         assert f'id="{operation}"' in dom
     assert 'id="schema-InitRequest"' in dom
     assert "/v1/rollout/init" in dom

@@ -24,7 +24,14 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     spec = openapi("calculator", "1.2.3")
     validate(spec)  # raises on an invalid document
     assert spec["openapi"] == "3.1.0"
-    assert set(spec["paths"]) == {"/v1/rollout/init", "/rollout", "/health"}
+    assert set(spec["paths"]) == {
+        "/v1/rollout/init",
+        "/rollout",
+        "/health",
+        "/v1/rollout/{rollout_id}",
+        "/v1/rollout/{rollout_id}/cancel",
+        "/v1/rollout/cancel",
+    }
     init = spec["paths"]["/v1/rollout/init"]["post"]["responses"]
     assert set(init) == {"202", "401", "409", "413", "415", "422", "429", "503"}
 
@@ -55,6 +62,7 @@ def test_the_schemas_come_from_the_models() -> None:
         "timeout",
         "error",
         "shutdown",
+        "cancelled",
     ]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(_schema(openapi("x", "1"), "InitRequest")).validate(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 import trio
@@ -188,6 +188,22 @@ class Admission:
                 self._keys.pop(record.idempotency_key, None)
             expired.append(rollout_id)
         return expired
+
+    def record(self, rollout_id: str) -> Record | None:
+        """The record of ``rollout_id``, or None (never admitted, or forgotten)."""
+        self.forget_expired()
+        return self._records.get(rollout_id)
+
+    def matching(
+        self, *, rollout_ids: Sequence[str] = (), prefix: str | None = None, all: bool = False
+    ) -> list[tuple[str, Record]]:
+        """The records named by ids, by an id prefix, or all of them."""
+        self.forget_expired()
+        if all:
+            return list(self._records.items())
+        if prefix is not None:
+            return [(i, r) for i, r in self._records.items() if i.startswith(prefix)]
+        return [(i, self._records[i]) for i in dict.fromkeys(rollout_ids) if i in self._records]
 
     def in_phase(self, *phases: Phase) -> list[Record]:
         """The records of rollouts now in ``phases``."""

@@ -130,6 +130,16 @@ def create_app(
         await supervisor.drain()
         await supervisor.trainer.http.aclose()
 
+    def unauthorized() -> Response | None:
+        """The ``401`` when the server has an inbound key and the request lacks it."""
+        if expected_key is None:
+            return None
+        token = _bearer_token(request.headers.get("authorization", ""))
+        given = token.encode("utf-8", "replace") if token is not None else b""
+        if hmac.compare_digest(given, expected_key):
+            return None
+        return _refused_early(401, "Invalid or missing API key", {"www-authenticate": "Bearer"})
+
     async def read_init(
         parse: Callable[[Any], InitRequest],
     ) -> tuple[InitRequest | None, int, Response | None]:
@@ -141,12 +151,8 @@ def create_app(
         so a large init does not stall every other request on the event loop."""
         if supervisor_of(app).failed.is_set():
             return None, 0, _refused_early(503, "the rollout engine stopped; shutting down")
-        if expected_key is not None:
-            token = _bearer_token(request.headers.get("authorization", ""))
-            given = token.encode("utf-8", "replace") if token is not None else b""
-            if not hmac.compare_digest(given, expected_key):
-                challenge = {"www-authenticate": "Bearer"}
-                return None, 0, _refused_early(401, "Invalid or missing API key", challenge)
+        if (refusal := unauthorized()) is not None:
+            return None, 0, refusal
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
             return None, 0, _refused_early(415, "expected Content-Type application/json")
@@ -213,6 +219,41 @@ def create_app(
             return refused(exc)
         return Response(encode_result(result), status=200, content_type="application/json")
 
+    @app.get("/v1/rollout/<path:rollout_id>")
+    async def rollout_status(rollout_id: str) -> Response:
+        """Where a rollout is (docs/PROTOCOL.md §3): phase, turns, tokens, its result."""
+        if (refusal := unauthorized()) is not None:
+            return refusal
+        status = supervisor_of(app).rollout_status(rollout_id)
+        if status is None:
+            return _error(404, "no rollout with this rollout_id here")
+        return _json(status, 200)
+
+    @app.post("/v1/rollout/<path:rollout_id>/cancel")
+    async def cancel_one(rollout_id: str) -> Response:
+        """Cancel one rollout; its result is ERROR "cancelled" (docs/PROTOCOL.md §3)."""
+        if (refusal := unauthorized()) is not None:
+            return refusal
+        supervisor = supervisor_of(app)
+        if supervisor.rollout_status(rollout_id) is None:
+            return _error(404, "no rollout with this rollout_id here")
+        cancelled = supervisor.cancel(rollout_ids=[rollout_id])
+        return _json({"rollout_id": rollout_id, "cancelled": bool(cancelled)}, 200)
+
+    @app.post("/v1/rollout/cancel")
+    async def cancel_many() -> Response:
+        """Cancel by ``{"rollout_ids": [...]}``, ``{"prefix": "..."}`` or ``{"all": true}``."""
+        if (refusal := unauthorized()) is not None:
+            return refusal
+        try:
+            body = _jsonlib.loads(await request.get_data(cache=False))
+        except _jsonlib.JSONError as exc:
+            return _error(422, f"JSON decode error: {exc}")
+        selector = _cancel_selector(body)
+        if isinstance(selector, str):
+            return _error(422, selector)
+        return _json({"cancelled": supervisor_of(app).cancel(**selector)}, 200)
+
     spec = openapi(agent.name, _version())
 
     @app.get("/openapi.json")
@@ -243,6 +284,20 @@ def create_app(
         return _error(500, "internal server error")
 
     return app
+
+
+def _cancel_selector(body: Any) -> dict[str, Any] | str:
+    """The keyword arguments of :meth:`Supervisor.cancel` from a cancel body, or why the
+    body names nothing to cancel."""
+    if isinstance(body, dict):
+        ids, prefix, everything = body.get("rollout_ids"), body.get("prefix"), body.get("all")
+        if isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids):
+            return {"rollout_ids": ids}
+        if isinstance(prefix, str) and prefix:
+            return {"prefix": prefix}
+        if everything is True:
+            return {"all": True}
+    return 'expected {"rollout_ids": [...]}, {"prefix": "..."} or {"all": true}'
 
 
 def _version() -> str:

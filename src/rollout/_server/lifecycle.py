@@ -71,6 +71,11 @@ class RunControl:
     started_at: float = attrs.field(factory=trio.current_time)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     shutting_down: bool = False
+    cancelled: bool = False
+    #: The running rollout's context, for status (turns, tokens so far); None until it runs.
+    context: RolloutContext | None = None
+    #: Status, finish reason and reward of the result, once it exists.
+    outcome: tuple[str, str, float | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.scope.deadline = self.started_at + self.timeout
@@ -86,6 +91,15 @@ class RunControl:
     def shut_down(self) -> None:
         self.shutting_down = True
         self.scope.cancel()
+
+    def cancel(self) -> bool:
+        """Stop the rollout on request; its result is ``ERROR`` "cancelled". Returns whether
+        it was still queued or running (idempotent: a second call returns False)."""
+        if self.phase not in (Phase.QUEUED, Phase.RUNNING) or self.cancelled:
+            return False
+        self.cancelled = True
+        self.scope.cancel()
+        return True
 
 
 async def run_rollout(
@@ -120,6 +134,7 @@ async def run_rollout(
         tool_limiter=tool_limiter,
         trace=trace,
     )
+    control.context = ctx
     status, finish, reward, error = Status.ERROR, FinishReason.ERROR, None, None
     with control.scope:
         try:
@@ -151,12 +166,14 @@ async def run_rollout(
                 FinishReason.SHUTDOWN,
                 "the server shut down before the rollout finished",
             )
+        elif control.cancelled:
+            finish, error = FinishReason.CANCELLED, "the rollout was cancelled on request"
         else:
             finish = FinishReason.TIMEOUT
             error = f"the rollout exceeded its deadline of {control.timeout:g} s"
     if status is Status.ERROR:
         reward = None  # an infrastructure or agent failure is never scored
-        if finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN):
+        if finish not in (FinishReason.TIMEOUT, FinishReason.SHUTDOWN, FinishReason.CANCELLED):
             finish = FinishReason.ERROR
     result = RolloutResult(
         rollout_id=request.rollout_id,
@@ -167,6 +184,7 @@ async def run_rollout(
         error_message=error,
         reward=reward,
     )
+    control.outcome = (status.value, finish.value, reward)
     trace.event(
         "rollout_complete",
         turn=ctx.turns,

@@ -131,6 +131,20 @@ def _components() -> dict[str, Any]:
         "properties": {"detail": {"anyOf": [{"type": "string"}, {"type": "array"}]}},
         "required": ["detail"],
     }
+    schemas["RolloutStatus"] = {
+        "type": "object",
+        "properties": {
+            "rollout_id": {"type": "string"},
+            "phase": {"type": "string", "enum": ["queued", "running", "delivering", "done"]},
+            "owner": {"type": "string"},
+            "turns": {"type": "integer"},
+            "prompt_tokens": {"type": "integer"},
+            "completion_tokens": {"type": "integer"},
+            "seconds": {"type": "number"},
+            "cancelled": {"type": "boolean"},
+            "result": {"anyOf": [{"type": "object"}, {"type": "null"}]},
+        },
+    }
     schemas["Health"] = {
         "type": "object",
         "properties": {
@@ -153,6 +167,9 @@ def _components() -> dict[str, Any]:
         },
     }
     return {"schemas": schemas}
+
+
+_ROLLOUT_ID = {"name": "rollout_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _json(ref: str) -> dict[str, Any]:
@@ -201,6 +218,41 @@ def openapi(title: str, version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The result", "content": _json("RolloutResult")},
                         **_errors(401, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/v1/rollout/{rollout_id}": {
+                "get": {
+                    "summary": "Where a rollout is: phase, turns, tokens, its result (§3.1)",
+                    "operationId": "rolloutStatus",
+                    "parameters": [_ROLLOUT_ID],
+                    "responses": {
+                        "200": {"description": "Known here", "content": _json("RolloutStatus")},
+                        "404": {"description": "Unknown here", "content": _json("Error")},
+                        **_errors(401),
+                    },
+                }
+            },
+            "/v1/rollout/{rollout_id}/cancel": {
+                "post": {
+                    "summary": "Cancel one rollout; its result is ERROR 'cancelled' (§3.1)",
+                    "operationId": "cancelRollout",
+                    "parameters": [_ROLLOUT_ID],
+                    "responses": {
+                        "200": {"description": "Whether it was stopped"},
+                        "404": {"description": "Unknown here", "content": _json("Error")},
+                        **_errors(401),
+                    },
+                }
+            },
+            "/v1/rollout/cancel": {
+                "post": {
+                    "summary": "Cancel by rollout_ids, prefix or all (§3.1)",
+                    "operationId": "cancelRollouts",
+                    "requestBody": {"required": True, "content": {"application/json": {}}},
+                    "responses": {
+                        "200": {"description": "The rollouts stopped"},
+                        **_errors(401, 422),
                     },
                 }
             },

@@ -22,8 +22,10 @@ their deliveries up to ``shutdown_delivery_timeout`` seconds; then stop. A secon
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
@@ -43,6 +45,9 @@ from .phases import ACTIVE, UNFINISHED, Phase
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("rollout.supervisor")
+
+#: Who runs the rollouts of this process, as ``/v1/rollout/{id}`` reports it.
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Supervisor:
@@ -298,6 +303,43 @@ class Supervisor:
                 yield
             finally:
                 self._wait_scope = None
+
+    # ------------------------------------------------------------------ status and cancel
+
+    def rollout_status(self, rollout_id: str) -> dict[str, object] | None:
+        """What is known of ``rollout_id`` (``GET /v1/rollout/{id}``), or None when it is
+        unknown here (docs/PROTOCOL.md §3)."""
+        record = self.admission.record(rollout_id)
+        if record is None:
+            return None
+        control = record.control
+        ctx = control.context
+        outcome = control.outcome
+        return {
+            "rollout_id": rollout_id,
+            "phase": control.phase.value,
+            "owner": _OWNER,
+            "turns": 0 if ctx is None else ctx.turns,
+            "prompt_tokens": 0 if ctx is None else ctx._counters.prompt_tokens,
+            "completion_tokens": 0 if ctx is None else ctx.completion_tokens,
+            "seconds": round(trio.current_time() - control.started_at, 3),
+            "cancelled": control.cancelled,
+            "result": None
+            if outcome is None
+            else {"status": outcome[0], "finish_reason": outcome[1], "reward": outcome[2]},
+        }
+
+    def cancel(
+        self, *, rollout_ids: Sequence[str] = (), prefix: str | None = None, all: bool = False
+    ) -> list[str]:
+        """Cancel the rollouts named (by ids, an id prefix, or all) that are still queued or
+        running; returns the ids that were. Each ends with one ``ERROR`` result,
+        ``finish_reason`` "cancelled". Idempotent."""
+        found = self.admission.matching(rollout_ids=rollout_ids, prefix=prefix, all=all)
+        cancelled = [rollout_id for rollout_id, record in found if record.control.cancel()]
+        if cancelled:
+            log.info("cancelled on request: %s", ", ".join(cancelled))
+        return cancelled
 
     # ------------------------------------------------------------------ health
 

@@ -89,6 +89,7 @@ class FinishReason(enum.StrEnum):
     TIMEOUT = "timeout"
     ERROR = "error"
     SHUTDOWN = "shutdown"
+    CANCELLED = "cancelled"
 
 
 # --------------------------------------------------------------------------- messages
