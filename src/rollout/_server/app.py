@@ -40,6 +40,8 @@ from ..agent import Agent
 from ..config import ServerConfig
 from .admission import AdmissionError
 from .lifecycle import encode_result
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ServerMetrics
 from .openapi import DOCS_HTML, openapi
 from .supervisor import Supervisor
 
@@ -100,6 +102,14 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = config.shutdown_budget
     expected_key = None if config.api_key is None else config.api_key.encode()
+
+    def live_supervisor() -> Supervisor | None:
+        return app.extensions.get(_SUPERVISOR)
+
+    metrics = ServerMetrics(
+        lambda: s.admission.tally if (s := live_supervisor()) else None,
+        lambda: s.delivery.lost_results if (s := live_supervisor()) else 0,
+    )
     policy = config.trainer_policy
 
     @app.before_serving
@@ -119,8 +129,9 @@ def create_app(
             chat=config.chat_retry,
             delivery=config.delivery_retry,
             max_response_bytes=config.max_response_bytes,
+            events=metrics,
         )
-        supervisor = Supervisor(agent, trainer, config)
+        supervisor = Supervisor(agent, trainer, config, metrics=metrics)
         await app.nursery.start(supervisor.run)
         app.extensions[_SUPERVISOR] = supervisor
 
@@ -192,12 +203,15 @@ def create_app(
         init_request, size, error = await read_init(parse_init_request)
         if init_request is None:
             assert error is not None
+            metrics.inits.labels(str(error.status_code)).inc()
             return error
         supervisor = supervisor_of(app)
         try:
             response, started = supervisor.admit(init_request, size)
         except AdmissionError as exc:
+            metrics.inits.labels(str(exc.status)).inc()
             return refused(exc)
+        metrics.inits.labels("started" if started else "duplicate").inc()
         if started:
             log.info("rollout %s accepted", init_request.rollout_id)
         else:
@@ -253,6 +267,11 @@ def create_app(
         if isinstance(selector, str):
             return _error(422, selector)
         return _json({"cancelled": supervisor_of(app).cancel(**selector)}, 200)
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        """Prometheus text format (:mod:`rollout._server.metrics`), unauthenticated."""
+        return Response(metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
 
     spec = openapi(agent.name, _version())
 

@@ -39,6 +39,7 @@ from ..config import ServerConfig
 from .admission import Admission, Record
 from .delivery import Delivery
 from .lifecycle import RunControl, encode_result, internal_error_result, run_rollout
+from .metrics import ServerMetrics
 from .outbox import Outbox, PendingResult
 from .phases import ACTIVE, UNFINISHED, Phase
 
@@ -57,10 +58,18 @@ class Supervisor:
     :meth:`drain` finished (or the engine failed).
     """
 
-    def __init__(self, agent: Agent, trainer: TrainerClient, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        trainer: TrainerClient,
+        config: ServerConfig,
+        *,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.agent = agent
         self.trainer = trainer
         self.config = config
+        self.metrics = metrics
         self.admission = Admission(config, agent.tool_schemas)
         outbox = None if config.outbox_dir is None else Outbox(config.outbox_dir)
         self.delivery = Delivery(trainer, outbox)
@@ -206,6 +215,8 @@ class Supervisor:
             log.exception("rollout %s: internal error", request.rollout_id)
             result = internal_error_result(request, exc)
         _log_result(result)
+        if self.metrics is not None:
+            self.metrics.result(result)
         return result
 
     async def _redeliver(self, pending: PendingResult, record: Record) -> None:

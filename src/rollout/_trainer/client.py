@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -111,6 +112,29 @@ def _redact_httpx_logs() -> None:
         logger.addFilter(RedactURLs())
 
 
+class ClientEvents(Protocol):
+    """What the trainer client reports as it goes (``kind``: "chat" or "delivery")."""
+
+    def attempt(self, kind: str) -> None: ...
+    def retry(self, kind: str) -> None: ...
+    def failure(self, kind: str, error: str) -> None: ...
+    def chat_seconds(self, seconds: float) -> None: ...
+
+
+class _NoEvents:
+    def attempt(self, kind: str) -> None:
+        pass
+
+    def retry(self, kind: str) -> None:
+        pass
+
+    def failure(self, kind: str, error: str) -> None:
+        pass
+
+    def chat_seconds(self, seconds: float) -> None:
+        pass
+
+
 class TrainerClient:
     """Talks to trainers: ``POST {server_url}/v1/chat/completions`` and
     ``POST {server_url}/v1/rollout/completed``.
@@ -131,6 +155,7 @@ class TrainerClient:
         max_response_bytes: int = 8 * 1024 * 1024,
         chat_path: str = CHAT_PATH,
         model: str | None = None,
+        events: ClientEvents | None = None,
     ) -> None:
         _redact_httpx_logs()
         self.http = http
@@ -142,6 +167,8 @@ class TrainerClient:
         #: Set when the other side is an OpenAI-compatible server, not a trainer: every chat
         #: body then names this model and leaves out the trainer-only keys.
         self.model = model
+        #: Told of every attempt, retry and failure (the server's metrics).
+        self.events: ClientEvents = events or _NoEvents()
 
     def for_chat_path(self, path: str) -> TrainerClient:
         """This client (same connections and policies) sending LLM turns to ``path``; the
@@ -153,6 +180,7 @@ class TrainerClient:
             max_response_bytes=self.max_response_bytes,
             chat_path=path,
             model=self.model,
+            events=self.events,
         )
 
     async def chat(
@@ -180,7 +208,11 @@ class TrainerClient:
             content = _json.dumps(body)
         except _json.JSONError as exc:
             raise AgentError(f"the chat request cannot be sent as JSON: {exc}") from None
-        raw = await self._post(url, content, api_key, self.chat_policy, read=True)
+        started = trio.current_time()
+        try:
+            raw = await self._post(url, content, api_key, self.chat_policy, kind="chat")
+        finally:
+            self.events.chat_seconds(trio.current_time() - started)
         try:
             return parse_completion(_json.loads(raw))
         except ValueError as exc:  # ValidationError, or a body that is not strict JSON
@@ -196,11 +228,13 @@ class TrainerClient:
         on every attempt. Raises :class:`~rollout.errors.TrainerError` when it could not be
         delivered."""
         url = endpoint(server_url, COMPLETED_PATH)
-        await self._post(url, content, api_key, self.delivery_policy, read=False)
+        await self._post(url, content, api_key, self.delivery_policy, kind="delivery")
 
     async def _post(
-        self, url: str, content: bytes, api_key: str | None, policy: RetryPolicy, *, read: bool
+        self, url: str, content: bytes, api_key: str | None, policy: RetryPolicy, *, kind: str
     ) -> bytes:
+        """POST with retries; ``kind`` "chat" reads the answer, "delivery" only its status."""
+        read = kind == "chat"
         headers = {"content-type": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
@@ -216,12 +250,15 @@ class TrainerClient:
             ):
                 with attempt:
                     attempt_number = attempt.num
+                    self.events.attempt(kind)
                     try:
                         return await self._post_once(
                             url, content, headers, policy.request_timeout, read=read
                         )
                     except TrainerError as exc:
-                        _log_retry(exc, attempt.num, attempt.next_wait, policy)
+                        self.events.failure(kind, type(exc).__name__)
+                        if _log_retry(exc, attempt.num, attempt.next_wait, policy):
+                            self.events.retry(kind)
                         raise
         except TrainerError as exc:
             if attempt_number > 1:
@@ -319,14 +356,15 @@ def _scrub(exc: BaseException, headers: Mapping[str, str]) -> str:
     return text[:500]
 
 
-def _log_retry(exc: TrainerError, number: int, backoff: float, policy: RetryPolicy) -> None:
+def _log_retry(exc: TrainerError, number: int, backoff: float, policy: RetryPolicy) -> bool:
     """One line per retried attempt: what (method, redacted URL: in the error's message),
-    which attempt, how long until the next, and why."""
+    which attempt, how long until the next, and why. Returns whether it will be retried."""
     verdict = _retry_hook(exc)
     if verdict is False or (policy.attempts is not None and number >= policy.attempts):
-        return
+        return False
     wait = verdict if not isinstance(verdict, bool) else backoff
     log.warning("%s; attempt %d failed, retrying in %.2g s or more", exc, number, wait)
+    return True
 
 
 def _time_left(timeout: float | None) -> float | None:

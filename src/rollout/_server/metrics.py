@@ -1,0 +1,112 @@
+"""``GET /metrics``: the server in Prometheus text format (prometheus-client).
+
+One :class:`ServerMetrics` per app, in a registry of its own (two apps in one process never
+share counters). Names are prefixed ``rollout_``:
+
+- ``rollout_inits_total{outcome}``: admitted (``started``), answered from a record
+  (``duplicate``), refused (``409``, ``429``, ``503``, ``422``...);
+- ``rollout_in_flight{phase}``: rollouts queued, running, delivering (read from the tally);
+- ``rollout_results_total{status,finish_reason}`` and ``rollout_results_lost_total``;
+- ``rollout_seconds`` (init to result), ``rollout_llm_call_seconds`` (one chat request,
+  retries included), ``rollout_tool_seconds`` (a rollout's tool time): histograms;
+- ``rollout_trainer_requests_total{kind}``, ``rollout_trainer_retries_total{kind}``,
+  ``rollout_trainer_errors_total{kind,error}``: chat and delivery attempts as they happen.
+
+Single process for now; several workers sharing a store will need prometheus-client's
+multiprocess mode (issue 10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .._wire.models import RolloutResult
+from .phases import Phase, Tally
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+#: The content type of the text format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _Live(Collector):
+    """What is read from the server when scraped: phases in flight, results lost."""
+
+    def __init__(self, tally: Callable[[], Tally | None], lost: Callable[[], int]) -> None:
+        self._tally = tally
+        self._lost = lost
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        family = GaugeMetricFamily(
+            "rollout_in_flight", "Accepted rollouts not yet done, by phase", labels=["phase"]
+        )
+        tally = self._tally()
+        for phase in (Phase.QUEUED, Phase.RUNNING, Phase.DELIVERING):
+            family.add_metric([phase.value], 0 if tally is None else tally.count(phase))
+        yield family
+        yield CounterMetricFamily(
+            "rollout_results_lost", "Results never acknowledged", value=self._lost()
+        )
+
+
+class ServerMetrics:
+    """The counters and histograms of one server; ``tally`` gives the live phase counts,
+    ``lost`` the count of results never acknowledged."""
+
+    def __init__(self, tally: Callable[[], Tally | None], lost: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.inits = Counter("rollout_inits", "Inits by outcome", ["outcome"], registry=r)
+        self.results = Counter(
+            "rollout_results", "Results made", ["status", "finish_reason"], registry=r
+        )
+        self.rollout_seconds = Histogram(
+            "rollout_seconds", "Init to result", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.llm_seconds = Histogram(
+            "rollout_llm_call_seconds",
+            "One chat request, retries included",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tool_seconds = Histogram(
+            "rollout_tool_seconds", "Tool time of one rollout", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.requests = Counter(
+            "rollout_trainer_requests", "Attempts at the trainer", ["kind"], registry=r
+        )
+        self.retries = Counter("rollout_trainer_retries", "Attempts retried", ["kind"], registry=r)
+        self.errors = Counter(
+            "rollout_trainer_errors", "Failed attempts", ["kind", "error"], registry=r
+        )
+        r.register(_Live(tally, lost))
+
+    # ------------------------------------------------------------------ trainer client events
+
+    def attempt(self, kind: str) -> None:
+        self.requests.labels(kind).inc()
+
+    def retry(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+
+    def failure(self, kind: str, error: str) -> None:
+        self.errors.labels(kind, error).inc()
+
+    def chat_seconds(self, seconds: float) -> None:
+        self.llm_seconds.observe(seconds)
+
+    # ------------------------------------------------------------------ server events
+
+    def result(self, result: RolloutResult) -> None:
+        self.results.labels(result.status.value, result.finish_reason.value).inc()
+        self.rollout_seconds.observe(result.metrics.total_latency_ms / 1000)
+        self.tool_seconds.observe(result.metrics.tool_latency_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
