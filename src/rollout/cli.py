@@ -125,6 +125,13 @@ def main() -> None:
     show_default=True,
 )
 @click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with rollout_id on a rollout's lines.",
+)
+@click.option(
     "--reload",
     is_flag=True,
     help="Restart when a .py file under the current directory changes (for development).",
@@ -143,6 +150,7 @@ def serve_command(
     allow_trainers: tuple[str, ...],
     max_response_bytes: int,
     log_level: str,
+    log_format: str,
     reload: bool,
 ) -> None:
     """Serve an agent until SIGTERM or SIGINT, then drain gracefully.
@@ -150,7 +158,7 @@ def serve_command(
     Before exposing the port beyond loopback, set --api-key and --allow-trainer (see
     docs/SECURITY.md).
     """
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     agent = checked_agent(agent_ref)
     if reload:
         _serve_with_reload()

@@ -8,6 +8,7 @@ import sys
 
 import click
 import stamina
+import structlog
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from .. import _validate
@@ -54,12 +55,34 @@ def checked_agent(reference: str) -> Agent:
     return agent
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr at ``level``: one readable line per message, or with ``log_format``
+    "json" one JSON object per line (structlog), with the ``rollout_id`` of the rollout a
+    line is about (bound in its task, see :func:`rollout._server.supervisor`)."""
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=[
+                    structlog.contextvars.merge_contextvars,
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                ],
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(),
+                ],
+            )
+        )
+        logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    else:
+        logging.basicConfig(
+            level=level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     # httpx logs every request at INFO: one line per LLM turn is noise at the default level.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     # The trainer client logs each retry with its URL, attempt, wait and cause; stamina's

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import structlog
 import trio
 
 from .. import _threads
@@ -166,6 +167,7 @@ class Supervisor:
         """Run one rollout, keep its result, deliver it. Never raises but Cancelled: a bug
         here is logged and counted, and the rollout still gets a result if it can."""
         trace = self._trace(request)
+        structlog.contextvars.bind_contextvars(rollout_id=request.rollout_id)  # this task's lines
         try:
             result = await self._run(request, record.control, self.trainer, trace)
             pending = PendingResult(
