@@ -236,6 +236,8 @@ def create_app(
     @app.get("/v1/rollout/<path:rollout_id>")
     async def rollout_status(rollout_id: str) -> Response:
         """Where a rollout is (docs/PROTOCOL.md §3): phase, turns, tokens, its result."""
+        if rollout_id in ("init", "cancel"):  # POST endpoints, not rollout ids
+            return _error(405, "Method Not Allowed", {"allow": "POST"})
         if (refusal := unauthorized()) is not None:
             return refusal
         status = supervisor_of(app).rollout_status(rollout_id)
