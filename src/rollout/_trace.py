@@ -62,6 +62,11 @@ class Trace:
         self._secrets = [s for s in secrets if s]
         self._file = trace_file_name(rollout_id)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether events are kept: callers skip building costly event data when not."""
+        return self.sink is not None
+
     def event(self, name: str, *, turn: int, **data: Any) -> None:
         """Record event ``name`` at ``turn``; never raises, never waits."""
         if self.sink is None:

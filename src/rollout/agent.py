@@ -274,14 +274,15 @@ class RolloutContext:
         message = completion.message
         self._messages.append(message)
         self._wire.append(codec.unstructure_message(message))
-        self._trace.event(
-            "llm_response",
-            turn=self.turns,
-            message=self._wire[-1],
-            finish_reason=completion.finish_reason,
-            usage=attrs.asdict(usage),
-            seconds=round(trio.current_time() - started, 6),
-        )
+        if self._trace.enabled:
+            self._trace.event(
+                "llm_response",
+                turn=self.turns,
+                message=self._wire[-1],
+                finish_reason=completion.finish_reason,
+                usage=attrs.asdict(usage),
+                seconds=round(trio.current_time() - started, 6),
+            )
         self._unanswered = dict.fromkeys(call.id for call in message.tool_calls or ())
         return message
 
@@ -317,12 +318,13 @@ class RolloutContext:
         )
         for reply in replies:
             self.append(reply)
-        self._trace.event(
-            "tool_results",
-            turn=self.turns,
-            results=[{"tool_call_id": r.tool_call_id, "content": r.content} for r in replies],
-            seconds=round(trio.current_time() - started, 6),
-        )
+        if self._trace.enabled:
+            self._trace.event(
+                "tool_results",
+                turn=self.turns,
+                results=[{"tool_call_id": r.tool_call_id, "content": r.content} for r in replies],
+                seconds=round(trio.current_time() - started, 6),
+            )
         return replies
 
     def log_event(self, name: str, **data: Any) -> None:

@@ -185,15 +185,16 @@ async def run_rollout(
         reward=reward,
     )
     control.outcome = (status.value, finish.value, reward)
-    trace.event(
-        "rollout_complete",
-        turn=ctx.turns,
-        status=status.value,
-        finish_reason=finish.value,
-        reward=reward,
-        error_message=error,
-        metrics=attrs.asdict(result.metrics),
-    )
+    if trace.enabled:
+        trace.event(
+            "rollout_complete",
+            turn=ctx.turns,
+            status=status.value,
+            finish_reason=finish.value,
+            reward=reward,
+            error_message=error,
+            metrics=attrs.asdict(result.metrics),
+        )
     return result
 
 
