@@ -149,12 +149,12 @@ def from_reference(loop: Any) -> Agent:
     rewards: dict[str, float | None] = {}
 
     async def run(ctx: RolloutContext) -> None:
-        ending = await loop.run(ReferenceContext(ctx, schemas))
+        reference = ReferenceContext(ctx, schemas)
+        ending = await loop.run(reference)
         if not isinstance(ending, _Ending):
             raise AgentError(
                 f"run() must return ctx.complete(...) or ctx.error(...), got {ending!r}"
             )
-        reference = ReferenceContext(ctx, schemas)
         if ending.messages:
             reference._sync(ending.messages)
         if ending.error is not None:
