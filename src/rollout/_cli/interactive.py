@@ -28,6 +28,7 @@ from .._wire import codec
 from ..agent import Agent
 from ..config import RetryPolicy
 from ..errors import AgentError
+from .trace import show_message
 
 __all__ = ["run_interactive"]
 
@@ -60,7 +61,7 @@ class _Stepper(TrainerClient):
         assert isinstance(messages, list)
         for message in messages[self.shown :]:
             if isinstance(message, dict):
-                _show(message, self.console)
+                show_message(message, self.console)
         turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
         self.console.print(Text(f"── LLM call {turn + 1}: {len(messages)} messages", style="dim"))
         while not self.running:
@@ -81,20 +82,9 @@ class _Stepper(TrainerClient):
             else:
                 self.console.print(Text(HELP))
         completion = await super().chat(server_url, body, api_key=api_key)
-        _show(codec.unstructure_message(completion.message), self.console)
+        show_message(codec.unstructure_message(completion.message), self.console)
         self.shown = len(messages) + 1
         return completion
-
-
-def _show(message: Mapping[str, Any], console: Console) -> None:
-    role = str(message.get("role"))
-    text = Text(f"{role}: ", style="bold")
-    if isinstance(message.get("content"), str):
-        text.append(message["content"])
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        text.append(f"\n  → {function.get('name')}({function.get('arguments')})")
-    console.print(text)
 
 
 async def run_interactive(

@@ -4,6 +4,7 @@ readable conversation in the terminal."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-__all__ = ["trace_command"]
+__all__ = ["show_message", "trace_command"]
 
 _ROLE_STYLES = {"system": "dim", "user": "bold cyan", "assistant": "bold green", "tool": "yellow"}
 
@@ -63,10 +64,10 @@ def _show_event(event: dict[str, Any], console: Console) -> None:
     elif name == "llm_response":
         console.print(Text(f"{head} ({event.get('seconds')} s, {event.get('usage')})", style="dim"))
         if isinstance(event.get("message"), dict):
-            _show_message(event["message"], console)
+            show_message(event["message"], console)
     elif name == "tool_results":
         for result in event.get("results") or []:
-            _show_message({"role": "tool", **result}, console)
+            show_message({"role": "tool", **result}, console)
     elif name == "rollout_complete":
         style = "bold green" if event.get("status") == "COMPLETED" else "bold red"
         text = f"{event.get('status')} ({event.get('finish_reason')}) reward={event.get('reward')}"
@@ -83,12 +84,13 @@ def _show_result(row: dict[str, Any], console: Console) -> None:
     console.rule(Text(f"{rollout_id}: {row.get('status')} reward={row.get('reward')}"))
     for message in row.get("messages") or row.get("final_messages") or []:
         if isinstance(message, dict):
-            _show_message(message, console)
+            show_message(message, console)
     if row.get("error") or row.get("error_message"):
         console.print(Text(str(row.get("error") or row.get("error_message")), style="red"))
 
 
-def _show_message(message: dict[str, Any], console: Console) -> None:
+def show_message(message: Mapping[str, Any], console: Console) -> None:
+    """One chat message in a line or a few: role, content, tool calls, tool_call_id."""
     role = str(message.get("role"))
     text = Text(f"{role}: ", style=_ROLE_STYLES.get(role, "bold"))
     content = message.get("content")
