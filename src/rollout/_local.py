@@ -40,7 +40,15 @@ from .agent import Agent
 from .config import RetryPolicy
 from .demo import group_rows, quantile
 
-__all__ = ["Endpoint", "RowResult", "init_request", "run_rows", "summarize", "write_rows"]
+__all__ = [
+    "Endpoint",
+    "RowResult",
+    "client_options",
+    "init_request",
+    "run_rows",
+    "summarize",
+    "write_rows",
+]
 
 #: Where an OpenAI-compatible server takes chat requests, under its ``/v1`` base URL.
 OPENAI_CHAT_PATH = "/chat/completions"
@@ -93,6 +101,21 @@ class RowResult:
         )
 
 
+#: Chat retries of a local run: a hosted model's 429s and 503s are waited out.
+CHAT_RETRY = RetryPolicy(attempts=5, request_timeout=300.0, wait_initial=0.5, wait_max=30.0)
+
+
+def client_options(endpoint: Endpoint) -> dict[str, Any]:
+    """The trainer client's settings for ``endpoint``: the chat path and body of a trainer,
+    or of an OpenAI-compatible server when it names a model."""
+    return {
+        "chat": CHAT_RETRY,
+        "delivery": RetryPolicy(),
+        "chat_path": CHAT_PATH if endpoint.model is None else OPENAI_CHAT_PATH,
+        "model": endpoint.model,
+    }
+
+
 def init_request(
     problem: Problem,
     endpoint: Endpoint,
@@ -141,13 +164,7 @@ async def run_rows(
     tally = Tally()
     slots = trio.CapacityLimiter(concurrency)
     async with httpx.AsyncClient(follow_redirects=False) as http:
-        trainer = TrainerClient(
-            http,
-            chat=RetryPolicy(attempts=5, request_timeout=300.0, wait_initial=0.5, wait_max=30.0),
-            delivery=RetryPolicy(),
-            chat_path=CHAT_PATH if endpoint.model is None else OPENAI_CHAT_PATH,
-            model=endpoint.model,
-        )
+        trainer = TrainerClient(http, **client_options(endpoint))
 
         sink = None if trace_dir is None else TraceSink(trace_dir, secrets=[endpoint.api_key])
 

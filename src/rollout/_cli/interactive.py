@@ -23,10 +23,9 @@ from .._json import JSON
 from .._server.lifecycle import RunControl, run_rollout
 from .._server.phases import Tally
 from .._trainer.chat import Completion
-from .._trainer.client import CHAT_PATH, TrainerClient
+from .._trainer.client import TrainerClient
 from .._wire import codec
 from ..agent import Agent
-from ..config import RetryPolicy
 from ..errors import AgentError
 from .trace import show_message
 
@@ -109,15 +108,7 @@ async def run_interactive(
             problem = problems[row - 1]
             console.rule(Text(f"row {row} of {len(problems)}: {problem.id}"))
             console.print(Text(HELP))
-            stepper = _Stepper(
-                http,
-                chat=RetryPolicy(attempts=5, request_timeout=300.0),
-                delivery=RetryPolicy(),
-                chat_path=CHAT_PATH if endpoint.model is None else _local.OPENAI_CHAT_PATH,
-                model=endpoint.model,
-                ask=ask,
-                console=console,
-            )
+            stepper = _Stepper(http, **_local.client_options(endpoint), ask=ask, console=console)
             request = _local.init_request(
                 problem, endpoint, completion_params, max_turns, max_tokens_total
             )
