@@ -57,6 +57,12 @@ class Problem:
                 return str(message["content"])
         return ""
 
+    @property
+    def group_id(self) -> str | None:
+        """The GRPO group this problem belongs to (:func:`expand_groups`), or None."""
+        group = self.metadata.get("group_id")
+        return None if group is None else str(group)
+
     def init_metadata(self) -> dict[str, Any]:
         """The init's ``metadata``: the other columns, and ``ground_truth``."""
         metadata = dict(self.metadata)

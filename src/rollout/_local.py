@@ -173,8 +173,7 @@ async def run_rows(
             control = RunControl(tally, rollout_timeout, slots=slots)
             trace = NO_TRACE if sink is None else sink.trace(request.rollout_id)
             rollout = await run_rollout(request, agent, trainer, control, trace=trace)
-            group = problems[index].metadata.get("group_id")
-            result = RowResult.of(rollout, None if group is None else str(group))
+            result = RowResult.of(rollout, problems[index].group_id)
             results[index] = result
             if on_done is not None:
                 on_done(result)

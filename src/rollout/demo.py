@@ -70,7 +70,7 @@ def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) ->
             seconds,
             None,
             None,
-            _group(problem),
+            problem.group_id,
         )
     answers = [
         m.get("content") for m in result.get("final_messages", []) if m.get("role") == "assistant"
@@ -86,13 +86,8 @@ def _outcome(problem: Problem, result: dict[str, Any] | None, seconds: float) ->
         seconds=seconds,
         final_answer=answers[-1] if answers else None,
         error_message=result.get("error_message"),
-        group_id=_group(problem),
+        group_id=problem.group_id,
     )
-
-
-def _group(problem: Problem) -> str | None:
-    group = problem.metadata.get("group_id")
-    return None if group is None else str(group)
 
 
 async def _one(
