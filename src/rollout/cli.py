@@ -18,6 +18,7 @@ from ._cli.common import (
     agent_option,
     checked_agent,
     configure_logging,
+    group_size_option,
 )
 from ._cli.eval import eval_command
 from ._cli.local import test_command
@@ -284,13 +285,7 @@ def validate_command(agent_ref: str, as_json: bool) -> None:
 @click.option(
     "--limit", type=click.IntRange(1), default=None, help="Run only the first N problems."
 )
-@click.option(
-    "--group-size",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Rollouts per problem, as GRPO trains on (one group_id in their metadata).",
-)
+@group_size_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1),

@@ -22,6 +22,7 @@ __all__ = [
     "agent_option",
     "checked_agent",
     "configure_logging",
+    "group_size_option",
     "load_agent",
 ]
 
@@ -89,6 +90,15 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # own line ("stamina.retry_scheduled") would only repeat it without saying what.
     stamina.instrumentation.set_on_retry_hooks([])
 
+
+#: ``--group-size``: rollouts per prompt, for demo and test.
+group_size_option = click.option(
+    "--group-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Rollouts per prompt, as GRPO trains on (one group_id in their metadata).",
+)
 
 #: ``-m/--module``: the agent of serve, validate (and what comes next).
 agent_option = click.option(

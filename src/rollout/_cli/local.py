@@ -19,7 +19,14 @@ from .. import _local
 from .._dataset import DatasetError, Problem, expand_groups, load_problems
 from .._wire.validation import ValidationError
 from ..agent import Agent
-from .common import DEFAULTS, PROGRESS_COLUMNS, agent_option, checked_agent, configure_logging
+from .common import (
+    DEFAULTS,
+    PROGRESS_COLUMNS,
+    agent_option,
+    checked_agent,
+    configure_logging,
+    group_size_option,
+)
 
 __all__ = ["Run", "endpoint_of", "run_options", "test_command"]
 
@@ -250,13 +257,7 @@ def endpoint_of(base_url: str | None, model: str | None, key: str | None) -> _lo
 @agent_option
 @run_options
 @click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True)
-@click.option(
-    "--group-size",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Rollouts per prompt, as GRPO trains on (one group_id in their metadata).",
-)
+@group_size_option
 @click.option(
     "-i",
     "--interactive",

@@ -251,7 +251,7 @@ def create_app(
         if (refusal := unauthorized()) is not None:
             return refusal
         supervisor = supervisor_of(app)
-        if supervisor.rollout_status(rollout_id) is None:
+        if supervisor.admission.record(rollout_id) is None:
             return _error(404, "no rollout with this rollout_id here")
         cancelled = supervisor.cancel(rollout_ids=[rollout_id])
         return _json({"rollout_id": rollout_id, "cancelled": bool(cancelled)}, 200)
