@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 
 from conftest import StartServer, Trainer, gated_agent, init_body
+from rollout._server.openapi import openapi
 
 
 async def test_status_and_cancel(start_server: StartServer, trainer: Trainer) -> None:
@@ -21,6 +22,9 @@ async def test_status_and_cancel(start_server: StartServer, trainer: Trainer) ->
     url = f"{server.url}/v1/rollout"
     status = (await server.client.get(f"{url}/r-1", headers=auth)).json()
     assert status["rollout_id"] == "r-1"
+    assert set(status) == set(
+        openapi("x", "1")["components"]["schemas"]["RolloutStatus"]["properties"]
+    )
     assert status["phase"] in ("queued", "running")
     assert (status["cancelled"], status["result"]) == (False, None)
     assert (await server.client.get(f"{url}/nope", headers=auth)).status_code == 404

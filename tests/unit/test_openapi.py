@@ -83,3 +83,14 @@ async def test_the_routes_serve_them() -> None:
     assert "openapi.json" in html
     assert "http://" not in html
     assert "https://" not in html
+
+
+async def test_the_health_schema_names_exactly_the_keys_health_answers() -> None:
+    """The Health and RolloutStatus schemas are written beside the code that answers them:
+    this keeps the two from drifting apart."""
+    app = create_app(calculator)
+    async with app.test_app() as test_app:
+        health = await (await test_app.test_client().get("/health")).get_json()
+    schemas = openapi("calculator", "1")["components"]["schemas"]
+    assert set(schemas["Health"]["properties"]) == set(health)
+    jsonschema.Draft202012Validator(_schema(openapi("x", "1"), "Health")).validate(health)
