@@ -187,3 +187,17 @@ async def test_traces_of_a_served_rollout_and_the_trace_command(
     assert "rollout_complete: COMPLETED" in output
     assert "my_event" in output
     assert "→ add(" in output
+
+
+async def test_trace_reads_damaged_files_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "garbage.json").write_bytes(b"\xff not json")
+    status, output = await _rollout(tmp_path, "trace", "garbage.json")
+    assert status == 1
+    assert "neither a .jsonl trace nor JSON" in output
+    assert "Traceback" not in output
+
+    (tmp_path / "rollout-x.jsonl").write_text('{"event": "pre_llm", "turn": 1}\n{oops\n[1]\n')
+    status, output = await _rollout(tmp_path, "trace", "rollout-x.jsonl")
+    assert status == 0, output
+    assert "rollout-x.jsonl:2: not JSON, skipped" in output
+    assert "Traceback" not in output

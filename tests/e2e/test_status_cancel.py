@@ -63,3 +63,31 @@ async def test_status_and_cancel(start_server: StartServer, trainer: Trainer) ->
     assert (cancelled["cancelled"], cancelled["result"]["finish_reason"]) == (True, "cancelled")
     everything = await server.client.post(f"{url}/cancel", json={"all": True}, headers=auth)
     assert everything.json() == {"cancelled": []}  # nothing left running
+
+
+async def test_hostile_status_and_cancel_requests_get_4xx(
+    start_server: StartServer, trainer: Trainer
+) -> None:
+    server = await start_server()
+    url = f"{server.url}/v1/rollout"
+    bodies = [
+        b"not json",
+        b'{"all": NaN}',
+        b'{"prefix": "a", "prefix": "b"}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"rollout_ids": ["\\ud800"]}',
+        b'{"rollout_ids": [1, 2]}',
+        b'{"all": "yes"}',
+        b"\xff\xfe",
+    ]
+    for body in bodies:
+        response = await server.client.post(
+            f"{url}/cancel", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, body[:40]
+        assert "detail" in response.json()
+    for odd in ("%00", "a%2Fb", "x" * 5000, "..%2F..%2Fhealth", "%F0%9F%98%80"):
+        assert (await server.client.get(f"{url}/{odd}")).status_code == 404, odd
+        assert (await server.client.post(f"{url}/{odd}/cancel")).status_code == 404, odd
+    assert (await server.client.get(f"{url}/init")).status_code == 405
+    assert (await server.health())["status"] == "healthy"
