@@ -164,7 +164,8 @@ async def run_demo(
             server = f"http://127.0.0.1:{server_port}"
             trainer_url = f"http://127.0.0.1:{trainer_port}"
             console.print(
-                f"mock trainer on {trainer_url}, rollout server on {server} (agent: {agent.name})"
+                f"trainer simulator on {trainer_url}, rollout server on {server}"
+                f" (agent: {agent.name})"
             )
             limiter = trio.CapacityLimiter(concurrency)
             columns = (
