@@ -9,15 +9,21 @@ nox -s conformance    # without --target: serve ours on a free loopback port and
 nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
 nox -s browser        # /docs in headless Chromium (needs: apt-get install chromium)
 nox -s fuzz [-- --bodies N --seed S --concurrency C --report FILE]   # hostile bodies: 0 5xx
+nox -s deploy         # deploy/compose.yaml: 2 replicas, Redis, nginx; one rollout through it
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -76,7 +82,7 @@ def conformance(session: nox.Session) -> None:
             server = subprocess.Popen(
                 [
                     *(Path(session.bin) / "rollout", "serve", "--host", "127.0.0.1"),
-                    *("--port", "0", "--outbox", str(Path(tmp) / "outbox")),
+                    *("--port", "0", "--store", f"sqlite:{tmp}/store.db"),
                 ],
                 stderr=sink,
             )
@@ -122,3 +128,91 @@ def browser(session: nox.Session) -> None:
         session.error("no chromium binary: apt-get install chromium")
     _sync(session)
     session.run("pytest", "-m", "browser", "tests/browser", *session.posargs)
+
+
+_COMPOSE = ("docker", "compose", "-f", "deploy/compose.yaml")
+_LB = "http://127.0.0.1:8000"
+
+
+@nox.session(venv_backend="none")
+def deploy(session: nox.Session) -> None:
+    """Build the image, start deploy/compose.yaml, run one rollout through the load balancer.
+
+    Skipped without a Docker daemon. The stack is always taken down (with its volumes).
+    ROLLOUT_API_KEY, if set, is the replicas' inbound key and is sent on every request.
+    """
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        session.skip("no Docker daemon: `docker info` failed (start Docker to run this)")
+    try:
+        session.run(*_COMPOSE, "up", "-d", "--build", external=True)
+        _check_deployment(session, _LB)
+    except RuntimeError as exc:
+        session.run(*_COMPOSE, "logs", "--tail", "40", external=True, success_codes=[0, 1])
+        session.error(str(exc))
+    finally:
+        session.run(*_COMPOSE, "down", "-v", external=True, success_codes=[0, 1])
+
+
+def _check_deployment(session: nox.Session, base: str) -> None:
+    """Wait for /health at ``base``, run one rollout through it, and log the figures."""
+    health = _wait_for(f"{base}/health", {"status": "healthy"}, timeout=120.0)
+    session.log(f"healthy through the load balancer (answered by {health.get('worker')})")
+    rollout_id = f"deploy-{int(time.time())}"
+    init = {
+        "rollout_id": rollout_id,
+        "server_url": "http://trainer:9001",
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+        "completion_params": {"model": "m"},
+        "metadata": {"ground_truth": "5"},
+    }
+    started = time.monotonic()
+    status, answer = _http("POST", f"{base}/v1/rollout/init", init)
+    if status != 202:
+        raise RuntimeError(f"init answered {status}: {answer}")
+    session.log(f"init {rollout_id}: 202, {len(answer.get('tools') or [])} tools")
+    done = _wait_for(f"{base}/v1/rollout/{rollout_id}", {"phase": "done"}, timeout=60.0)
+    result = done.get("result") or {}
+    session.log(
+        f"rollout {rollout_id}: {result.get('status')} ({result.get('finish_reason')})"
+        f" reward={result.get('reward')} turns={done.get('turns')} owner={done.get('owner')}"
+        f" seconds={done.get('seconds')} (server) {time.monotonic() - started:.2f} (client)"
+    )
+    if result.get("status") != "COMPLETED":
+        raise RuntimeError(f"the rollout did not complete: {done}")
+
+
+def _http(method: str, url: str, body: object = None) -> tuple[int, dict[str, Any]]:
+    """One request with a JSON body (or none); the status and the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if key := os.environ.get("ROLLOUT_API_KEY"):
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"detail": raw.decode(errors="replace")}
+
+
+def _wait_for(url: str, want: dict[str, str], timeout: float) -> dict[str, Any]:
+    """GET ``url`` every half second until a ``200`` whose JSON has the ``want`` items."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            status, body = _http("GET", url)
+        except (OSError, ValueError) as exc:  # not listening yet, reset, not JSON
+            last = repr(exc)
+        else:
+            if status == 200 and want.items() <= body.items():
+                return body
+            last = f"{status}: {body}"
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not {want} within {timeout:g} s (last: {last})")

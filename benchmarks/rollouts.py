@@ -82,7 +82,7 @@ async def run(rollouts: int, concurrency: int, console: Console) -> None:
             command = [
                 sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "--port", "0",
                 "--max-concurrent", str(concurrency), "--log-level", "info",
-                "--outbox", str(Path(tmp) / "outbox"),
+                "--store", f"sqlite:{tmp}/store.db",
             ]  # fmt: skip
             with log.open("wb") as sink:
                 process = await trio.lowlevel.open_process(command, stderr=sink)

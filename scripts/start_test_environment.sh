@@ -44,7 +44,7 @@ mkdir -p "$LOG_DIR"
     >"$LOG_DIR/mock_trainer.log" 2>&1 &
 echo $! >"$PID_FILE"
 "$PYTHON" -m rollout serve -m "$AGENT" --host 127.0.0.1 --port "$ROLLOUT_SERVER_PORT" \
-    --outbox "$LOG_DIR/outbox" --log "$LOG_DIR/traces" >"$LOG_DIR/rollout_server.log" 2>&1 &
+    --store "sqlite:$LOG_DIR/store.db" --log "$LOG_DIR/traces" >"$LOG_DIR/rollout_server.log" 2>&1 &
 echo $! >>"$PID_FILE"
 
 healthy() {

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -173,21 +177,24 @@ PROCESS_TIMEOUT = 60.0
 
 @asynccontextmanager
 async def server_process(
-    *args: str, outbox: Path | None = None
+    *args: str, store: str | None = None, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[trio.Process, int]]:
     """Run ``python -m rollout serve`` on 127.0.0.1:0; yields the process and its port.
 
-    Its outbox is ``outbox`` (default: a fresh temporary directory, never the checkout's
-    ./rollout-outbox). Its stderr is read until the "listening on" line and drained after
-    that, so a chatty server never blocks on a full pipe. The process is killed if still
-    running at the end.
+    Its store is ``store`` (default: SQLite in a fresh temporary directory, never the
+    checkout's ./rollout-store.db); its lease lasts 1.5 s, so that a test sees a killed
+    process's rollouts taken over soon. Its stderr is read until the "listening on" line
+    and drained after that, so a chatty server never blocks on a full pipe. The process is
+    killed if still running at the end.
     """
     command = [sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "--port", "0"]
-    scratch = None if outbox is not None else tempfile.mkdtemp(prefix="rollout-outbox-")
+    scratch = None if store is not None else tempfile.mkdtemp(prefix="rollout-store-")
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "ROLLOUT_SERVER_OUTBOX": str(outbox or scratch),
+        "ROLLOUT_SERVER_STORE": store or f"sqlite:{scratch}/store.db",
+        "ROLLOUT_SERVER_LEASE_TTL": "1.5",
+        **(env or {}),
     }
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
@@ -217,6 +224,66 @@ async def server_process(
                 process.kill()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real ``redis-server`` of this test's own, on a free loopback port, in ``tmp_path``;
+    yields its URL and stops it. Skips (with how to get one) where there is no
+    redis-server, except on CI (``CI`` set), where a missing one fails the test."""
+    with running_redis(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path) -> Iterator[str]:
+    """Start ``redis-server`` (no persistence, loopback only) in ``directory``; yields its
+    URL. See :func:`redis_url`."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server not found (apt-get install redis-server, or brew install redis)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the Redis tests")
+        pytest.skip(reason)
+    for _ in range(5):  # a free port may be taken between the probe and the bind: retry
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(directory), "--protected-mode", "yes"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while time.monotonic() < deadline and process.poll() is None:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.01)
+        if process.poll() is None:
+            try:
+                yield f"redis://127.0.0.1:{port}/0"
+            finally:
+                process.terminate()
+                process.wait(timeout=PROCESS_TIMEOUT)
+                if process.stdout is not None:
+                    process.stdout.close()
+            return
+        if process.stdout is not None:
+            process.stdout.close()
+    pytest.fail("redis-server did not start on any of 5 free ports")
+
+
+def store_rows(path: Path) -> list[dict[str, Any]]:
+    """The rollouts of the SQLite store at ``path``, read directly (as an operator would),
+    oldest first; ``result`` decoded when there is one."""
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        rows = [dict(row) for row in db.execute("SELECT * FROM rollouts ORDER BY created_at")]
+    for row in rows:
+        if row["result"] is not None:
+            row["result"] = json.loads(row["result"])
+    return rows
 
 
 async def rollout_cli(cwd: Path, *args: str) -> tuple[int, str, str]:

@@ -222,6 +222,11 @@ class RolloutContext:
         return self._counters.llm_calls
 
     @property
+    def prompt_tokens(self) -> int:
+        """Sum of ``usage.prompt_tokens`` so far."""
+        return self._counters.prompt_tokens
+
+    @property
     def completion_tokens(self) -> int:
         """Sum of ``usage.completion_tokens`` so far, the quantity ``max_tokens_total`` bounds."""
         return self._counters.completion_tokens

@@ -23,7 +23,7 @@ from ._cli.common import (
 from ._cli.eval import eval_command
 from ._cli.local import test_command
 from ._cli.trace import trace_command
-from ._server.serve import serve
+from ._server.serve import check_store, serve
 from .config import ServerConfig
 from .errors import RolloutError
 
@@ -84,15 +84,38 @@ def main() -> None:
     help="On SIGTERM/SIGINT, seconds unfinished rollouts may go on.",
 )
 @click.option(
-    "--outbox",
-    envvar="ROLLOUT_SERVER_OUTBOX",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("rollout-outbox"),
+    "--store",
+    envvar="ROLLOUT_SERVER_STORE",
+    default="sqlite:rollout-store.db",
     show_default=True,
     show_envvar=True,
-    help="Directory where results wait until a trainer acknowledged them, and are delivered"
-    " from after a restart. An empty value keeps them in memory only.",
+    metavar="memory|sqlite:PATH|redis://HOST:PORT/DB",
+    help="Where idempotency records, rollout state and undelivered results live: sqlite"
+    " (durable; shared by the workers of one host), redis (shared by many hosts; needs"
+    " rollout[redis]) or memory (lost when the process stops).",
 )
+@click.option(
+    "--lease-ttl",
+    envvar="ROLLOUT_SERVER_LEASE_TTL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.lease_ttl,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds after a worker's last renewal before live workers take its rollouts over.",
+)
+@click.option(
+    "-w",
+    "--workers",
+    envvar="ROLLOUT_SERVER_WORKERS",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    show_envvar=True,
+    help="Worker processes on one port, sharing --store (sqlite or redis); one SIGTERM"
+    " drains them all, and a worker that dies is replaced while the others take over its"
+    " rollouts.",
+)
+@click.option("--listen-fd", type=int, default=None, hidden=True)  # set for each worker
 @click.option(
     "--log",
     "trace_dir",
@@ -146,7 +169,10 @@ def serve_command(
     max_queued: int,
     rollout_timeout: float,
     drain_timeout: float,
-    outbox: Path,
+    store: str,
+    lease_ttl: float,
+    workers: int,
+    listen_fd: int | None,
     trace_dir: Path | None,
     allow_trainers: tuple[str, ...],
     max_response_bytes: int,
@@ -161,6 +187,8 @@ def serve_command(
     """
     configure_logging(log_level, log_format)
     agent = checked_agent(agent_ref)
+    if reload and workers > 1:
+        raise click.UsageError("--reload serves one process: leave out --workers")
     if reload:
         _serve_with_reload()
     try:
@@ -170,7 +198,8 @@ def serve_command(
             max_queued_rollouts=max_queued,
             rollout_timeout=rollout_timeout,
             drain_timeout=drain_timeout,
-            outbox_dir=outbox if str(outbox) not in ("", ".") else None,
+            store=store,
+            lease_ttl=lease_ttl,
             allow_trainers=allow_trainers,
             max_response_bytes=max_response_bytes,
             trace_dir=trace_dir,
@@ -178,9 +207,18 @@ def serve_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-trainer") from None
 
+    if workers > 1 and listen_fd is None:
+        if store == "memory":
+            raise click.BadParameter(
+                "workers share the store: use sqlite:PATH or redis://", param_hint="--store"
+            )
+        _serve_workers(workers, config, host, port)
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(serve, agent, config, host=host, port=port))
+            bound = await nursery.start(
+                partial(serve, agent, config, host=host, port=port, listen_fd=listen_fd)
+            )
             auth = "required" if config.api_key else "not required"
             logging.getLogger("rollout").info(
                 "rollout server listening on http://%s:%d (agent %s, inbound API key %s)",
@@ -204,6 +242,21 @@ def serve_command(
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+def _serve_workers(workers: int, config: ServerConfig, host: str, port: int) -> None:
+    """Check the store, then run ``workers`` copies of this same command as worker
+    processes (:mod:`rollout._cli.workers`); returns only by exiting."""
+    from ._cli.workers import serve_workers
+
+    try:
+        trio.run(check_store, config)
+        code = serve_workers(workers, host, port, sys.argv[1:])
+    except BaseExceptionGroup as group:
+        raise click.ClickException(str(_leaf(group))) from None
+    except (RolloutError, OSError) as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from None
+    sys.exit(code)
 
 
 def _serve_with_reload() -> None:

@@ -63,13 +63,18 @@ class ServerConfig:
       for this long (Hypercorn's Trio worker does not close them early), so keep it short.
     - ``idempotency_ttl``: how long a finished rollout's key is remembered.
     - ``trace_dir``: where per-rollout traces go (:mod:`rollout._trace`); ``None``: none.
-    - ``outbox_dir``: where results wait on disk until acknowledged (:mod:`rollout.outbox`);
-      ``None`` keeps them in memory only, so a stopped process loses undelivered ones.
+    - ``store``: where idempotency records, rollout state, leases and undelivered results
+      live (:mod:`rollout._store`): ``"memory"`` (this process only: a stopped process
+      loses undelivered results), ``"sqlite:PATH"`` (durable, shared by the worker
+      processes of one host) or ``"redis://HOST:PORT/DB"`` (shared by many hosts).
+    - ``lease_ttl``: how long a worker's lease on its rollouts lasts without renewal
+      (renewed every third of it); after a worker dies, its rollouts are taken over by a
+      live worker this long after its last renewal.
     - ``max_body_bytes``: largest init body (``413`` beyond).
     - ``max_admitted_bytes``: init bytes of all rollouts queued or running together; an init
       that would pass it is refused with ``429`` (next to the count budget above).
     - ``max_undelivered_results`` / ``max_undelivered_bytes``: results waiting for their
-      acknowledgement (in memory, and in the outbox). They do not count against the
+      acknowledgement (in this worker). They do not count against the
       running/queued budget, so a dead trainer cannot starve the others; past either bound
       new inits get ``429`` until deliveries catch up.
     - ``max_response_bytes``: largest trainer answer read (decoded); a larger one fails its
@@ -94,7 +99,8 @@ class ServerConfig:
     shutdown_delivery_timeout: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
     graceful_timeout: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     idempotency_ttl: float = attrs.field(default=3600.0, validator=attrs.validators.ge(0))
-    outbox_dir: Path | None = None
+    store: str = "memory"
+    lease_ttl: float = attrs.field(default=10.0, validator=_positive)
     trace_dir: Path | None = None
     max_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     max_admitted_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)

@@ -16,7 +16,7 @@ import trio
 
 from conftest import PROCESS_TIMEOUT, Trainer, init_body
 from rollout import create_app
-from rollout._server.admission import Admission
+from rollout._server.supervisor import Supervisor
 
 AGENTS = Path(__file__).parent / "agents"
 
@@ -24,10 +24,10 @@ AGENTS = Path(__file__).parent / "agents"
 async def test_a_failed_engine_is_reported_by_health_and_refuses_inits(
     trainer: Trainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_finish(self: Admission, *args: object) -> None:
+    def broken_forget(self: Supervisor, *args: object) -> None:
         raise RuntimeError("a bug in the engine's bookkeeping")
 
-    monkeypatch.setattr(Admission, "finish", broken_finish)
+    monkeypatch.setattr(Supervisor, "_forget", broken_forget)
     from rollout.examples.calculator import agent
 
     app = create_app(agent)
@@ -48,7 +48,7 @@ async def test_a_failed_engine_stops_the_process_with_a_non_zero_exit(
     trainer: Trainer, tmp_path: Path
 ) -> None:
     command = [sys.executable, "-m", "rollout", "serve", "-m", "engine_bug:agent"]
-    command += ["--host", "127.0.0.1", "--port", "0", "--outbox", str(tmp_path / "outbox")]
+    command += ["--host", "127.0.0.1", "--port", "0", "--store", f"sqlite:{tmp_path}/s.db"]
     env = {**os.environ, "PYTHONPATH": str(AGENTS), "PYTHONUNBUFFERED": "1"}
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(

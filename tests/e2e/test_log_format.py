@@ -21,7 +21,7 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 async def test_json_lines_with_rollout_ids(trainer: Trainer, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     command = [sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "-p", "0"]
-    command += ["--outbox", "", "--log-format", "json"]
+    command += ["--store", "memory", "--log-format", "json"]
     with log.open("wb") as sink:
         process = await trio.lowlevel.open_process(command, stderr=sink, env={**os.environ})
     try:

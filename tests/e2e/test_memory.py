@@ -26,7 +26,7 @@ def _peak_rss(pid: int) -> int:
 async def test_a_huge_trainer_answer_keeps_the_server_small(tmp_path: Path) -> None:
     async with serving_poison_trainer() as trainer:
         body = init_body(Trainer(None, trainer.url), rollout_id="huge/1")  # type: ignore[arg-type]
-        async with server_process(outbox=tmp_path) as (process, port):
+        async with server_process(store=f"sqlite:{tmp_path}/store.db") as (process, port):
             async with httpx.AsyncClient(timeout=30.0) as client:
                 response = await client.post(f"http://127.0.0.1:{port}/v1/rollout/init", json=body)
                 assert response.status_code == 202

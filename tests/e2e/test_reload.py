@@ -23,7 +23,7 @@ async def test_a_changed_agent_is_served_after_a_restart(tmp_path: Path) -> None
     code = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)[0]
     (tmp_path / "weather.py").write_text(code)
     command = [sys.executable, "-m", "rollout", "serve", "-m", "weather:agent"]
-    command += ["--host", "127.0.0.1", "-p", "0", "--outbox", "", "--reload"]
+    command += ["--host", "127.0.0.1", "-p", "0", "--store", "memory", "--reload"]
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(trio.run_process, command, cwd=tmp_path, stderr=subprocess.PIPE, check=False)

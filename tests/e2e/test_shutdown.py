@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import pytest
 import trio
 
-from conftest import PROCESS_TIMEOUT, StartServer, Trainer, gated_agent, init_body, server_process
+from conftest import (
+    PROCESS_TIMEOUT,
+    StartServer,
+    Trainer,
+    gated_agent,
+    init_body,
+    server_process,
+    store_rows,
+)
 from rollout import Agent, Message, RolloutContext
 from rollout.testing import Fault
 
@@ -128,7 +135,10 @@ async def test_a_second_signal_stops_at_once_and_keeps_the_result(
     trainer.mock.chat_delay = 600.0  # the rollout would hold the drain for its whole timeout
     trainer.mock.completed_faults.extend(Fault(503) for _ in range(1000))
     async with (
-        server_process("--drain-timeout", "600", outbox=tmp_path) as (process, port),
+        server_process("--drain-timeout", "600", store=f"sqlite:{tmp_path}/store.db") as (
+            process,
+            port,
+        ),
         httpx.AsyncClient() as client,
     ):
         url = f"http://127.0.0.1:{port}"
@@ -144,9 +154,5 @@ async def test_a_second_signal_stops_at_once_and_keeps_the_result(
             returncode = await process.wait()
 
     assert returncode == 0
-    (kept,) = _outbox_files(tmp_path)
-    assert json.loads(kept.read_bytes())["result"]["finish_reason"] == "shutdown"
-
-
-def _outbox_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.json"))
+    (kept,) = store_rows(tmp_path / "store.db")
+    assert (kept["phase"], kept["result"]["finish_reason"]) == ("delivering", "shutdown")

@@ -28,7 +28,7 @@ HTTP client reads proxies from the environment).
 
 Bodies are built when sent; each class's cases come from one Hypothesis run
 (``database=None``, generate phase only, seeded by ``--seed``): the same seed gives the
-same bodies. ``--workdir DIR`` keeps the two logs and the outbox for a look afterwards.
+same bodies. ``--workdir DIR`` keeps the two logs and the store for a look afterwards.
 """
 
 from __future__ import annotations
@@ -1159,7 +1159,7 @@ async def run_fuzz(
                 server = await trio.lowlevel.open_process(
                     [
                         *(sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1"),
-                        *("--port", "0", "--outbox", str(work / "outbox")),
+                        *("--port", "0", "--store", f"sqlite:{work}/store.db"),
                         *("--log-level", "debug", "--api-key", INBOUND_KEY),
                         *("--drain-timeout", "5"),
                         # A rollout whose trainer never answers ends by its deadline, well
@@ -1326,7 +1326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed")
     parser.add_argument("--concurrency", type=int, default=12, help="requests in flight")
     parser.add_argument("--report", type=Path, default=Path("fuzz-report.json"))
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the logs and outbox here")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the logs and the store here"
+    )
     parser.add_argument(
         "--max-seconds", type=float, default=3_600.0, help="stop sending after this long"
     )

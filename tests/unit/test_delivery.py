@@ -1,9 +1,8 @@
-"""Delivery driven directly (httpx.MockTransport, a temporary outbox, Trio's virtual clock):
-what happens to a result on each answer of the trainer (docs/PROTOCOL.md §5.3)."""
+"""Delivery driven directly (httpx.MockTransport, a store, Trio's virtual clock): what
+happens to a result on each answer of the trainer (docs/PROTOCOL.md §5.3)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -11,15 +10,17 @@ import pytest
 import trio
 
 from rollout import RetryPolicy
-from rollout._server.delivery import Delivery
-from rollout._server.outbox import Outbox, PendingResult
+from rollout._server.delivery import Delivery, Kept, PendingResult
+from rollout._store import NewRollout, Outcome, Store, StoredPhase, open_store
+from rollout._store.memory import MemoryStore
 from rollout._trainer.client import TrainerClient
 
 QUICK = RetryPolicy(attempts=3, request_timeout=5.0, wait_initial=0.5, wait_max=1.0)
-RESULT = PendingResult("r-1", "http://trainer", b'{"rollout_id":"r-1"}', "sk-9", "ab" * 32, None)
+RESULT = PendingResult("r-1", "http://trainer", b'{"rollout_id":"r-1"}', "sk-9")
+OK = Outcome("COMPLETED", "stop", 1.0)
 
 
-def _delivery(status: int, outbox: Outbox | None) -> tuple[Delivery, list[httpx.Request]]:
+def _delivery(status: int, store: Store) -> tuple[Delivery, list[httpx.Request]]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -27,23 +28,23 @@ def _delivery(status: int, outbox: Outbox | None) -> tuple[Delivery, list[httpx.
         return httpx.Response(status)
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return Delivery(TrainerClient(http, chat=QUICK, delivery=QUICK), outbox), seen
+    trainer = TrainerClient(http, chat=QUICK, delivery=QUICK)
+    return Delivery(trainer, store, owner="me", ttl=3600.0), seen
 
 
-def _state(outbox: Outbox) -> str | None:
-    path = outbox.path_for("r-1")
-    if not path.exists():
-        return None
-    return "delivered" if "delivered" in json.loads(path.read_bytes()) else "pending"
+async def _claimed(store: Store) -> None:
+    await store.renew("me", 3600.0)
+    new = NewRollout("r-1", b"d" * 32, None, "http://trainer", "sk-9", b"[]")
+    assert (await store.claim(new, "me")).new
 
 
 @pytest.mark.parametrize(
-    ("status", "delivered", "lost", "left", "attempts"),
+    ("status", "delivered", "lost", "phase", "owner", "attempts"),
     [
-        (200, True, 0, "delivered", 1),  # acknowledged: a record without the key stays
-        (204, True, 0, "delivered", 1),  # any 2xx
-        (400, False, 1, None, 1),  # refused for good: lost, logged, removed
-        (503, False, 0, "pending", 3),  # the trainer may come back: kept for the next start
+        (200, True, 0, StoredPhase.DONE, "me", 1),  # acknowledged: the record is done
+        (204, True, 0, StoredPhase.DONE, "me", 1),  # any 2xx
+        (400, False, 1, StoredPhase.LOST, "me", 1),  # refused for good: lost, logged
+        (503, False, 0, StoredPhase.DELIVERING, "", 3),  # may come back: released, kept
     ],
 )
 async def test_each_answer_of_the_trainer(
@@ -52,36 +53,48 @@ async def test_each_answer_of_the_trainer(
     status: int,
     delivered: bool,
     lost: int,
-    left: str | None,
+    phase: StoredPhase,
+    owner: str,
     attempts: int,
 ) -> None:
-    outbox = Outbox(tmp_path)
-    delivery, seen = _delivery(status, outbox)
-    kept = await delivery.keep(RESULT)
-
-    assert kept
-    assert _state(outbox) == "pending"
-    assert await delivery.deliver(RESULT, kept=kept) is delivered
-    assert (delivery.lost_results, _state(outbox), len(seen)) == (lost, left, attempts)
+    store = open_store(f"sqlite:{tmp_path}/s.db")
+    async with store.connected():
+        await _claimed(store)
+        delivery, seen = _delivery(status, store)
+        assert await delivery.keep(RESULT, OK) is Kept.KEPT
+        assert await delivery.deliver(RESULT, OK, kept=True) is delivered
+        record = await store.get("r-1")
+        assert record is not None
+        assert (delivery.lost_results, record.phase, record.owner, len(seen)) == (
+            lost,
+            phase,
+            owner,
+            attempts,
+        )
     assert seen[0].content == RESULT.result
     assert seen[0].headers["authorization"] == "Bearer sk-9"
-    if left == "delivered":
-        assert b"sk-9" not in outbox.path_for("r-1").read_bytes()
 
 
-async def test_without_an_outbox_a_result_the_trainer_never_takes_is_lost(
+async def test_in_the_memory_store_a_result_the_trainer_never_takes_is_lost(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    delivery, seen = _delivery(503, None)
-    assert await delivery.keep(RESULT) is False
-    assert await delivery.deliver(RESULT, kept=False) is False
+    store = MemoryStore(clock=trio.current_time)
+    await _claimed(store)
+    delivery, seen = _delivery(503, store)
+    assert await delivery.keep(RESULT, OK) is Kept.KEPT
+    assert await delivery.deliver(RESULT, OK, kept=True) is False
     assert (delivery.lost_results, len(seen)) == (1, 3)
+    assert (await store.get("r-1")).phase is StoredPhase.LOST  # type: ignore[union-attr]
 
 
-async def test_restore_hands_back_what_an_earlier_process_left(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path)
-    earlier, _ = _delivery(200, outbox)
-    await earlier.keep(RESULT)
-
-    pending, delivered = await _delivery(200, outbox)[0].restore(keep_delivered_for=3600.0)
-    assert (pending, delivered) == ([RESULT], [])
+async def test_a_result_of_a_rollout_taken_over_meanwhile_is_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = MemoryStore(clock=trio.current_time)
+    await _claimed(store)
+    await trio.sleep(3601)  # "me" stalled past its lease
+    await store.renew("other", 60.0)
+    assert [o.rollout_id for o in await store.take_orphans("other", 10)] == ["r-1"]
+    delivery, seen = _delivery(200, store)
+    assert await delivery.keep(RESULT, OK) is Kept.SUPERSEDED
+    assert (delivery.superseded_results, seen) == (1, [])

@@ -1,1 +1,1 @@
-"""The server: HTTP app, serving, admission, the rollout lifecycle, delivery, the outbox."""
+"""The server: HTTP app, serving, admission, the rollout lifecycle, delivery, leases."""

@@ -30,6 +30,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import _json as _jsonlib
+from .._store import Store, StoreError
 from .._trainer.client import TrainerClient
 from .._trainer.policy import PolicyBackend, TrainerPolicy
 from .._wire import codec
@@ -43,6 +44,7 @@ from .lifecycle import encode_result
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .openapi import DOCS_HTML, openapi
+from .status import cancel, describe
 from .supervisor import Supervisor
 
 __all__ = ["create_app", "supervisor_of"]
@@ -90,12 +92,14 @@ def create_app(
     config: ServerConfig | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    store: Store | None = None,
 ) -> QuartTrio:
     """Build the rollout server app for ``agent``.
 
     ``transport`` replaces the HTTP client's network transport (for embedding; tests use
-    real sockets). The app must be served under its ASGI lifespan (Hypercorn does this;
-    in tests, ``async with app.test_app()``).
+    real sockets); ``store`` replaces the one ``config.store`` names (several apps in one
+    process may share a memory store). The app must be served under its ASGI lifespan
+    (Hypercorn does this; in tests, ``async with app.test_app()``).
     """
     config = config or ServerConfig()
     app = QuartTrio("rollout")
@@ -109,6 +113,7 @@ def create_app(
     metrics = ServerMetrics(
         lambda: s.admission.tally if (s := live_supervisor()) else None,
         lambda: s.delivery.lost_results if (s := live_supervisor()) else 0,
+        lambda: s.leases.taken_over if (s := live_supervisor()) else 0,
     )
     policy = config.trainer_policy
 
@@ -131,7 +136,7 @@ def create_app(
             max_response_bytes=config.max_response_bytes,
             events=metrics,
         )
-        supervisor = Supervisor(agent, trainer, config, metrics=metrics)
+        supervisor = Supervisor(agent, trainer, config, metrics=metrics, store=store)
         await app.nursery.start(supervisor.run)
         app.extensions[_SUPERVISOR] = supervisor
 
@@ -194,6 +199,10 @@ def create_app(
         detail = [{"type": "trainer_not_allowed", "loc": ["body", "server_url"], "msg": refusal}]
         return _error(422, detail)
 
+    def store_unavailable(exc: StoreError) -> Response:
+        log.error("store: %s", exc)
+        return _error(503, "the rollout store is unavailable; retry later", {"retry-after": "2"})
+
     def refused(exc: AdmissionError) -> Response:
         headers = {} if exc.retry_after is None else {"retry-after": f"{exc.retry_after:g}"}
         return _error(exc.status, str(exc), headers)
@@ -207,7 +216,7 @@ def create_app(
             return error
         supervisor = supervisor_of(app)
         try:
-            response, started = supervisor.admit(init_request, size)
+            response, started = await supervisor.admit(init_request, size)
         except AdmissionError as exc:
             metrics.inits.labels(str(exc.status)).inc()
             return refused(exc)
@@ -240,7 +249,10 @@ def create_app(
             return _error(405, "Method Not Allowed", {"allow": "POST"})
         if (refusal := unauthorized()) is not None:
             return refusal
-        status = supervisor_of(app).rollout_status(rollout_id)
+        try:
+            status = await describe(supervisor_of(app), rollout_id)
+        except StoreError as exc:
+            return store_unavailable(exc)
         if status is None:
             return _error(404, "no rollout with this rollout_id here")
         return _json(status, 200)
@@ -251,9 +263,12 @@ def create_app(
         if (refusal := unauthorized()) is not None:
             return refusal
         supervisor = supervisor_of(app)
-        if supervisor.admission.record(rollout_id) is None:
-            return _error(404, "no rollout with this rollout_id here")
-        cancelled = supervisor.cancel(rollout_ids=[rollout_id])
+        try:
+            if await describe(supervisor, rollout_id) is None:
+                return _error(404, "no rollout with this rollout_id here")
+            cancelled = await cancel(supervisor, rollout_ids=[rollout_id])
+        except StoreError as exc:
+            return store_unavailable(exc)
         return _json({"rollout_id": rollout_id, "cancelled": bool(cancelled)}, 200)
 
     @app.post("/v1/rollout/cancel")
@@ -268,7 +283,11 @@ def create_app(
         selector = _cancel_selector(body)
         if isinstance(selector, str):
             return _error(422, selector)
-        return _json({"cancelled": supervisor_of(app).cancel(**selector)}, 200)
+        try:
+            cancelled = await cancel(supervisor_of(app), **selector)
+        except StoreError as exc:
+            return store_unavailable(exc)
+        return _json({"cancelled": cancelled}, 200)
 
     @app.get("/metrics")
     async def metrics_text() -> Response:

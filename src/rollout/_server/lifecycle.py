@@ -34,16 +34,32 @@ import trio
 
 from .. import _json
 from .._json import JSON
+from .._store import Orphan, Outcome
 from .._trace import NO_TRACE, Trace
 from .._trainer.chat import Completion
 from .._trainer.client import TrainerClient
 from .._wire import codec
-from .._wire.models import FinishReason, InitRequest, JSONObject, Metrics, RolloutResult, Status
+from .._wire.models import (
+    FinishReason,
+    InitRequest,
+    JSONObject,
+    Message,
+    Metrics,
+    RolloutResult,
+    Status,
+)
 from ..agent import Agent, RolloutContext, Trajectory
 from ..errors import AgentError, TrainerError, TrainerHTTPError, TrainerTransportError
 from .phases import Phase, Tally
 
-__all__ = ["RunControl", "encode_result", "internal_error_result", "run_rollout"]
+__all__ = [
+    "RunControl",
+    "encode_result",
+    "internal_error_result",
+    "orphan_result",
+    "outcome_of",
+    "run_rollout",
+]
 
 log = logging.getLogger("rollout.lifecycle")
 
@@ -75,7 +91,7 @@ class RunControl:
     #: The running rollout's context, for status (turns, tokens so far); None until it runs.
     context: RolloutContext | None = None
     #: Status, finish reason and reward of the result, once it exists.
-    outcome: tuple[str, str, float | None] | None = None
+    outcome: Outcome | None = None
 
     def __attrs_post_init__(self) -> None:
         self.scope.deadline = self.started_at + self.timeout
@@ -184,7 +200,7 @@ async def run_rollout(
         error_message=error,
         reward=reward,
     )
-    control.outcome = (status.value, finish.value, reward)
+    control.outcome = Outcome(status.value, finish.value, reward)
     if trace.enabled:
         trace.event(
             "rollout_complete",
@@ -221,6 +237,39 @@ def internal_error_result(request: InitRequest, exc: BaseException) -> RolloutRe
         metrics=Metrics(),
         error_message=f"internal error of the rollout server: {_describe(exc)}",
     )
+
+
+def orphan_result(orphan: Orphan, now: float) -> RolloutResult:
+    """The ``ERROR`` result of a rollout whose worker stopped before it finished: the
+    trajectory and counts of the store's last snapshot, and an error message naming the
+    lost worker (docs/PROTOCOL.md §5.3). ``now``: Unix time, seconds."""
+    try:
+        messages = codec.structure(_json.loads(orphan.messages), tuple[Message, ...])
+        note = f"trajectory as of turn {orphan.turns}"
+    except Exception:  # a snapshot this server wrote; should it be unreadable, say so
+        messages, note = (), "its trajectory could not be read back"
+    lost = orphan.lost_owner or "that stopped"
+    return RolloutResult(
+        rollout_id=orphan.rollout_id,
+        status=Status.ERROR,
+        final_messages=messages,
+        finish_reason=FinishReason.ERROR,
+        metrics=Metrics(
+            total_latency_ms=max(0.0, (now - orphan.created_at) * 1000),
+            num_llm_calls=orphan.turns,
+            prompt_tokens=orphan.prompt_tokens,
+            response_tokens=orphan.completion_tokens,
+        ),
+        error_message=(
+            f"the worker {lost} running this rollout stopped before it finished (its lease"
+            f" in the store ended); {note}"
+        ),
+    )
+
+
+def outcome_of(result: RolloutResult) -> Outcome:
+    """The status, finish reason and reward of ``result``."""
+    return Outcome(result.status.value, result.finish_reason.value, result.reward)
 
 
 def encode_result(result: RolloutResult) -> bytes:

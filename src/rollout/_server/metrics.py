@@ -7,22 +7,31 @@ share counters). Names are prefixed ``rollout_``:
   (``duplicate``), refused (``409``, ``429``, ``503``, ``422``...);
 - ``rollout_in_flight{phase}``: rollouts queued, running, delivering (read from the tally);
 - ``rollout_results_total{status,finish_reason}`` and ``rollout_results_lost_total``;
+- ``rollout_taken_over_total``: rollouts of stopped workers this one took over;
 - ``rollout_seconds`` (init to result), ``rollout_llm_call_seconds`` (one chat request,
   retries included), ``rollout_tool_seconds`` (a rollout's tool time): histograms;
 - ``rollout_trainer_requests_total{kind}``, ``rollout_trainer_retries_total{kind}``,
   ``rollout_trainer_errors_total{kind,error}``: chat and delivery attempts as they happen.
 
-Single process for now; several workers sharing a store will need prometheus-client's
-multiprocess mode (issue 10).
+With ``rollout serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the parent,
+:mod:`rollout._cli.workers`), every worker writes its figures to that directory and
+``/metrics`` on any of them adds up all (prometheus-client's multiprocess mode; the
+in-flight gauge sums live workers, refreshed every second by each).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from .._wire.models import RolloutResult
 from .phases import Phase, Tally
@@ -35,31 +44,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-class _Live(Collector):
-    """What is read from the server when scraped: phases in flight, results lost."""
-
-    def __init__(self, tally: Callable[[], Tally | None], lost: Callable[[], int]) -> None:
-        self._tally = tally
-        self._lost = lost
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        family = GaugeMetricFamily(
-            "rollout_in_flight", "Accepted rollouts not yet done, by phase", labels=["phase"]
-        )
-        tally = self._tally()
-        for phase in (Phase.QUEUED, Phase.RUNNING, Phase.DELIVERING):
-            family.add_metric([phase.value], 0 if tally is None else tally.count(phase))
-        yield family
-        yield CounterMetricFamily(
-            "rollout_results_lost", "Results never acknowledged", value=self._lost()
-        )
-
-
 class ServerMetrics:
     """The counters and histograms of one server; ``tally`` gives the live phase counts,
-    ``lost`` the count of results never acknowledged."""
+    ``lost`` the count of results never acknowledged, ``taken_over`` of rollouts taken
+    over from stopped workers."""
 
-    def __init__(self, tally: Callable[[], Tally | None], lost: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        tally: Callable[[], Tally | None],
+        lost: Callable[[], int],
+        taken_over: Callable[[], int],
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.inits = Counter("rollout_inits", "Inits by outcome", ["outcome"], registry=r)
@@ -85,7 +80,31 @@ class ServerMetrics:
         self.errors = Counter(
             "rollout_trainer_errors", "Failed attempts", ["kind", "error"], registry=r
         )
-        r.register(_Live(tally, lost))
+        self.in_flight = Gauge(
+            "rollout_in_flight",
+            "Accepted rollouts not yet done, by phase",
+            ["phase"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.lost = Counter("rollout_results_lost", "Results never acknowledged", registry=r)
+        self.taken_over = Counter(
+            "rollout_taken_over", "Rollouts of stopped workers taken over", registry=r
+        )
+        self._tally, self._lost_now, self._taken_now = tally, lost, taken_over
+        self._lost_seen = self._taken_seen = 0
+
+    def observe(self) -> None:
+        """Bring the gauges and the counters kept elsewhere up to date."""
+        tally = self._tally()
+        for phase in (Phase.QUEUED, Phase.RUNNING, Phase.DELIVERING):
+            self.in_flight.labels(phase.value).set(0 if tally is None else tally.count(phase))
+        lost, taken = self._lost_now(), self._taken_now()
+        if lost > self._lost_seen:
+            self.lost.inc(lost - self._lost_seen)
+        if taken > self._taken_seen:
+            self.taken_over.inc(taken - self._taken_seen)
+        self._lost_seen, self._taken_seen = lost, taken
 
     # ------------------------------------------------------------------ trainer client events
 
@@ -109,4 +128,10 @@ class ServerMetrics:
         self.tool_seconds.observe(result.metrics.tool_latency_ms / 1000)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text format: this server's figures, or every worker's in multiprocess mode."""
+        self.observe()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -135,7 +135,10 @@ def _components() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "rollout_id": {"type": "string"},
-            "phase": {"type": "string", "enum": ["queued", "running", "delivering", "done"]},
+            "phase": {
+                "type": "string",
+                "enum": ["queued", "running", "delivering", "done", "lost"],
+            },
             "owner": {"type": "string"},
             "turns": {"type": "integer"},
             "prompt_tokens": {"type": "integer"},
@@ -161,9 +164,13 @@ def _components() -> dict[str, Any]:
                     "lost_results",
                     "internal_errors",
                     "abandoned_threads",
+                    "taken_over",
+                    "superseded_results",
                 )
             },
             "draining": {"type": "boolean"},
+            "worker": {"type": "string", "description": "host:pid/nonce of this worker"},
+            "store": {"type": "string", "description": "the store's kind and place"},
         },
     }
     return {"schemas": schemas}

@@ -1,7 +1,7 @@
 """Where the accepted rollouts are: a phase each, counted with the bytes they hold.
 
-A rollout moves QUEUED → RUNNING → DELIVERING → DONE (a rollout restored from the outbox
-starts at DELIVERING, a delivered one remembered from it at DONE). :class:`Tally` counts
+A rollout moves QUEUED → RUNNING → DELIVERING → DONE in the worker that runs it (one taken
+over from a stopped worker starts at DELIVERING). :class:`Tally` counts
 rollouts and bytes per phase for admission's bounds and ``/health``, and keeps two events
 for the drain: *idle* (nothing queued, running or delivering) and *runs ended* (nothing
 queued or running: every result exists).

@@ -15,6 +15,7 @@ Shutdown order (see docs/ARCHITECTURE.md, "Shutdown", for why each step is where
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -24,14 +25,14 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from .._store import open_store
 from ..agent import Agent
 from ..config import ServerConfig
 from ..errors import EngineFailure
 from .app import create_app, supervisor_of
-from .outbox import Outbox
 from .supervisor import Supervisor
 
-__all__ = ["serve"]
+__all__ = ["check_store", "serve"]
 
 log = logging.getLogger("rollout.serve")
 
@@ -42,25 +43,32 @@ async def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    listen_fd: int | None = None,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``agent`` on ``host:port`` until ``shutdown_trigger`` returns (default: the
     first SIGTERM or SIGINT), then drain and return.
 
+    ``listen_fd``: serve on this inherited listening socket instead of binding
+    ``host:port`` (a worker of ``rollout serve --workers``, :mod:`rollout._cli.workers`);
+    such a worker also drains when its parent process is gone.
+
     Reports the bound port (an int; useful with ``port=0``) through ``task_status`` once the
     server listens and the supervisor runs, so ``port = await nursery.start(serve, ...)``.
 
-    Raises :class:`~rollout.outbox.OutboxError` before listening when the outbox directory
-    is open to other users, and :class:`~rollout.errors.EngineFailure` after stopping
-    when the rollout engine itself failed (a bug), so the process exits non-zero instead of
-    answering ``503`` forever.
+    Raises :class:`~rollout._store.StoreError` before listening when the store cannot be
+    used (an unknown URL, an unreachable Redis, a SQLite file open to other users), and
+    :class:`~rollout.errors.EngineFailure` after stopping when the rollout engine itself
+    failed (a bug), so the process exits non-zero instead of answering ``503`` forever.
     """
-    if config.outbox_dir is not None:
-        Outbox(config.outbox_dir).check_private()
+    await check_store(config)
     app = create_app(agent, config)
     hconfig = hypercorn.config.Config()
-    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listen_fd is not None:
+        hconfig.bind = [f"fd://{listen_fd}"]
+    else:
+        hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconfig.accesslog = None
     # Through the logging tree (one line per message, the caller's format and level).
     hconfig.errorlog = logging.getLogger("hypercorn.error")
@@ -84,6 +92,8 @@ async def serve(
 
                 nursery.start_soon(stop_when, shutdown_trigger or next_signal)
                 nursery.start_soon(stop_when, supervisor.failed.wait)
+                if listen_fd is not None:
+                    nursery.start_soon(stop_when, _parent_gone)
             if supervisor.failed.is_set():
                 log.critical("the rollout engine stopped: shutting down")
                 return
@@ -106,6 +116,21 @@ async def serve(
     supervisor = supervisor_of(app)
     if supervisor.failed.is_set():
         raise EngineFailure(f"the rollout engine stopped: {_describe(supervisor.failure)}")
+
+
+async def check_store(config: ServerConfig) -> None:
+    """Connect to ``config.store`` once; raises :class:`~rollout._store.StoreError` with one
+    clear line (an unknown URL, an unreachable Redis, a SQLite file open to others)."""
+    async with open_store(config.store).connected():
+        pass
+
+
+async def _parent_gone() -> None:
+    """Return once this worker's parent process has exited (its pid changed)."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing signals a parent's death
+        await trio.sleep(1.0)
+    log.warning("the parent process is gone: draining")
 
 
 def _port(bind: str) -> int:

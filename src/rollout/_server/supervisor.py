@@ -1,11 +1,15 @@
 """The supervisor: the nursery every rollout runs in, the drain, and health.
 
-One :class:`Supervisor` per server composes :class:`~rollout._server.admission.Admission`
-(who gets in) and :class:`~rollout._server.delivery.Delivery` (results to trainers), and
-owns only what joins them: the nursery (no rollout outlives it), shutdown and ``/health``.
-One rollout enters each module once::
+One :class:`Supervisor` per worker composes :class:`~rollout._server.admission.Admission`
+(who gets in, claimed in the shared store), :class:`~rollout._server.delivery.Delivery`
+(results to trainers) and :class:`~rollout._server.leases.Leases` (this worker's hold on
+its rollouts, and the take-over of stopped workers' ones), and owns only what joins them:
+the nursery (no rollout outlives it), shutdown and ``/health``. One rollout enters each
+module once::
 
     app → admission.admit() → supervisor nursery → lifecycle.run_rollout() → delivery
+                                      ↑
+        leases: a stopped worker's rollout → lifecycle.orphan_result() → delivery
 
 Nothing one rollout does can end the nursery that runs the others: each rollout task
 catches everything but cancellation (a bug becomes an ``ERROR`` result and counts in
@@ -23,40 +27,45 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import structlog
 import trio
 
 from .. import _threads
+from .._store import Orphan, Store, StoreError, open_store
 from .._trace import NO_TRACE, Trace, TraceSink
 from .._trainer.client import SYNC_COMPLETIONS_PATH, TrainerClient
 from .._wire.models import InitRequest, InitResponse, RolloutResult
 from ..agent import Agent
 from ..config import ServerConfig
-from .admission import Admission, Record
-from .delivery import Delivery
-from .lifecycle import RunControl, encode_result, internal_error_result, run_rollout
+from .admission import Admission
+from .delivery import Delivery, Kept, PendingResult
+from .leases import Leases, new_worker_id, progress_of
+from .lifecycle import (
+    RunControl,
+    encode_result,
+    internal_error_result,
+    orphan_result,
+    outcome_of,
+    run_rollout,
+)
 from .metrics import ServerMetrics
-from .outbox import Outbox, PendingResult
 from .phases import ACTIVE, UNFINISHED, Phase
 
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("rollout.supervisor")
 
-#: Who runs the rollouts of this process, as ``/v1/rollout/{id}`` reports it.
-_OWNER = f"{socket.gethostname()}:{os.getpid()}"
-
 
 class Supervisor:
     """Admits rollouts and runs each in its own task in the supervisor's nursery.
 
     Use :meth:`run` as a service: ``await nursery.start(supervisor.run)``; it returns once
-    :meth:`drain` finished (or the engine failed).
+    :meth:`drain` finished (or the engine failed). ``store`` (default: the one
+    ``config.store`` names) holds the records this worker shares with others.
     """
 
     def __init__(
@@ -66,14 +75,27 @@ class Supervisor:
         config: ServerConfig,
         *,
         metrics: ServerMetrics | None = None,
+        store: Store | None = None,
     ) -> None:
         self.agent = agent
         self.trainer = trainer
         self.config = config
         self.metrics = metrics
-        self.admission = Admission(config, agent.tool_schemas)
-        outbox = None if config.outbox_dir is None else Outbox(config.outbox_dir)
-        self.delivery = Delivery(trainer, outbox)
+        self.store = store or open_store(config.store)
+        self.owner = new_worker_id()
+        self.admission = Admission(config, agent.tool_schemas, self.store, self.owner)
+        self.delivery = Delivery(trainer, self.store, self.owner, config.idempotency_ttl)
+        #: The rollouts this worker runs or delivers now, by rollout_id.
+        self.local: dict[str, RunControl] = {}
+        self.leases = Leases(
+            self.store,
+            self.owner,
+            config.lease_ttl,
+            self.local,
+            adopt=self._adopt,
+            room=self._room,
+            draining=lambda: self._draining,
+        )
         self._sync_trainer = trainer.for_chat_path(SYNC_COMPLETIONS_PATH)
         self.traces = (
             None
@@ -97,95 +119,94 @@ class Supervisor:
     # ------------------------------------------------------------------ service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the rollout nursery until :meth:`drain` completes; should the nursery itself
-        fail, record why in :attr:`failure`, set :attr:`failed` and return."""
+        """Connect the store, hold the lease, and own the rollout nursery until
+        :meth:`drain` completes; then release the lease. Raises StoreError when the store
+        cannot be used at start; should the nursery fail later, record why in
+        :attr:`failure`, set :attr:`failed` and return."""
+        async with self.store.connected():
+            await self.leases.acquire()
+            started = False
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self.traces is not None:
+                        await nursery.start(self.traces.run)
+                    nursery.start_soon(self.leases.run, name="lease")
+                    if self.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                        nursery.start_soon(self._observe_metrics, self.metrics)
+                    task_status.started()
+                    started = True
+                    with trio.CancelScope(shield=True):  # take over what a stop left, now
+                        await self._renew_quietly()
+                    await self._drained.wait()
+                    nursery.cancel_scope.cancel()  # only stragglers past every grace period
+            except* Exception as group:
+                if not started:
+                    raise
+                self.failure = group
+                log.critical("the rollout engine stopped", exc_info=group)
+                self.admission.closed = "the rollout engine stopped; the server is shutting down"
+                self._drained.set()
+                self.failed.set()
+            await self.leases.release()
+
+    async def _renew_quietly(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self.traces is not None:
-                    await nursery.start(self.traces.run)
-                await self._restore(nursery)
-                nursery.start_soon(self._sweep, name="expired records")
-                task_status.started()
-                await self._drained.wait()
-                nursery.cancel_scope.cancel()  # only stragglers past every grace period remain
-        except* Exception as group:
-            self.failure = group
-            log.critical("the rollout engine stopped", exc_info=group)
-            self.admission.closed = "the rollout engine stopped; the server is shutting down"
-            self._drained.set()
-            self.failed.set()
+            await self.leases.renew_once()
+        except StoreError as exc:
+            log.error("store: %s", exc)
 
-    async def _restore(self, nursery: trio.Nursery) -> None:
-        """Deliver what an earlier process left in the outbox; remember what it delivered."""
-        pending, delivered = await self.delivery.restore(self.config.idempotency_ttl)
-        now, wall = trio.current_time(), time.time()
-        for done in delivered:
-            done_at = now - max(0.0, wall - done.delivered_at)
-            self.admission.remember(
-                done.rollout_id,
-                bytes.fromhex(done.digest),
-                done.idempotency_key,
-                phase=Phase.DONE,
-                done_at=done_at,
-            )
-        self.admission.sort_finished()
-        for result in pending:
-            record = self.admission.remember(
-                result.rollout_id,
-                bytes.fromhex(result.digest),
-                result.idempotency_key,
-                phase=Phase.DELIVERING,
-                size=len(result.result),
-            )
-            nursery.start_soon(self._redeliver, result, record, name=f"outbox {result.rollout_id}")
-
-    async def _sweep(self) -> None:
-        """Forget expired records now and then, also on disk, even while nothing arrives."""
-        interval = min(60.0, max(1.0, self.config.idempotency_ttl / 10))
+    @staticmethod
+    async def _observe_metrics(metrics: ServerMetrics) -> None:
+        """Refresh this worker's gauges for the others' ``/metrics`` (multiprocess mode)."""
         while True:
-            await trio.sleep(interval)
-            await self.delivery.forget(self.admission.forget_expired())
+            metrics.observe()
+            await trio.sleep(1.0)
+
+    def _room(self) -> int:
+        """How many rollouts of stopped workers this one may take over now."""
+        return self.config.max_undelivered_results - self.admission.tally.count(Phase.DELIVERING)
 
     # ------------------------------------------------------------------ one rollout
 
-    def admit(self, request: InitRequest, size: int = 0) -> tuple[InitResponse, bool]:
+    async def admit(self, request: InitRequest, size: int = 0) -> tuple[InitResponse, bool]:
         """Admit ``request`` (an init body of ``size`` bytes) and start its rollout; returns
         the ``202`` body and whether a rollout started (docs/PROTOCOL.md §2.4). Raises
         :class:`~rollout._server.admission.AdmissionError`. Must be called while :meth:`run`
         is running."""
         if self._nursery is None:
             raise RuntimeError("Supervisor.admit() called before Supervisor.run() started")
-        record, new = self.admission.admit(request, size)
-        if new:
+        rollout_id, control = await self.admission.admit(request, size)
+        if control is not None:
+            self.local[rollout_id] = control
             self._nursery.start_soon(
-                self._rollout, request, record, name=f"rollout {request.rollout_id}"
+                self._rollout, request, control, name=f"rollout {request.rollout_id}"
             )
-        return record.response, new
+        return self.admission.response(rollout_id), control is not None
 
-    async def _rollout(self, request: InitRequest, record: Record) -> None:
+    async def _rollout(self, request: InitRequest, control: RunControl) -> None:
         """Run one rollout, keep its result, deliver it. Never raises but Cancelled: a bug
         here is logged and counted, and the rollout still gets a result if it can."""
         trace = self._trace(request)
         structlog.contextvars.bind_contextvars(rollout_id=request.rollout_id)  # this task's lines
         try:
-            result = await self._run(request, record.control, self.trainer, trace)
+            result = await self._run(request, control, self.trainer, trace)
             pending = PendingResult(
-                request.rollout_id,
-                request.server_url,
-                encode_result(result),
-                request.api_key,
-                record.digest.hex(),
-                request.idempotency_key,
+                request.rollout_id, request.server_url, encode_result(result), request.api_key
             )
-            kept = await self.delivery.keep(pending)
-            record.control.enter(Phase.DELIVERING, size=len(pending.result))
-            acknowledged = await self.delivery.deliver(pending, kept=kept)
+            progress = progress_of(request.rollout_id, control, messages=False)
+            kept = await self.delivery.keep(pending, outcome_of(result), progress)
+            if kept is Kept.SUPERSEDED:
+                return
+            control.enter(Phase.DELIVERING, size=len(pending.result))
+            acknowledged = await self.delivery.deliver(
+                pending, outcome_of(result), kept=kept is Kept.KEPT
+            )
             trace.event(
                 "delivery",
                 turn=result.metrics.num_llm_calls,
                 acknowledged=acknowledged,
-                kept_in_outbox=kept and not acknowledged,
+                kept_in_store=kept is Kept.KEPT and not acknowledged,
             )
         except Exception:
             self.internal_errors += 1
@@ -193,7 +214,12 @@ class Supervisor:
             log.exception("rollout %s: internal error; its result is lost", request.rollout_id)
         finally:
             self.completed_rollouts += 1
-            self.admission.finish(request.rollout_id, record)
+            self._forget(request.rollout_id, control)
+
+    def _forget(self, rollout_id: str, control: RunControl) -> None:
+        control.enter(Phase.DONE)
+        if self.local.get(rollout_id) is control:
+            del self.local[rollout_id]
 
     def _trace(self, request: InitRequest) -> Trace:
         if self.traces is None:
@@ -221,15 +247,41 @@ class Supervisor:
             self.metrics.result(result)
         return result
 
-    async def _redeliver(self, pending: PendingResult, record: Record) -> None:
-        log.info("outbox: delivering the result of rollout %s again", pending.rollout_id)
+    def _adopt(self, orphan: Orphan) -> None:
+        """Start delivering the one result of a rollout taken over from a stopped worker."""
+        assert self._nursery is not None
+        size = len(orphan.result or orphan.messages)
+        control = self.admission.control(size=size, phase=Phase.DELIVERING)
+        self.local[orphan.rollout_id] = control
+        self._nursery.start_soon(
+            self._take_over, orphan, control, name=f"orphan {orphan.rollout_id}"
+        )
+
+    async def _take_over(self, orphan: Orphan, control: RunControl) -> None:
+        rollout_id = orphan.rollout_id
+        structlog.contextvars.bind_contextvars(rollout_id=rollout_id)
         try:
-            await self.delivery.deliver(pending, kept=True)
+            outcome = None
+            body, kept = orphan.result, Kept.KEPT
+            if body is None:
+                result = orphan_result(orphan, time.time())
+                log.warning("rollout %s: %s", rollout_id, result.error_message)
+                body, outcome = encode_result(result), outcome_of(result)
+                pending = PendingResult(rollout_id, orphan.server_url, body, orphan.api_key)
+                kept = await self.delivery.keep(pending, outcome)
+                if kept is Kept.SUPERSEDED:
+                    return
+                if self.metrics is not None:
+                    self.metrics.result(result)
+            else:
+                log.info("rollout %s: delivering the result %s left", rollout_id, orphan.lost_owner)
+            pending = PendingResult(rollout_id, orphan.server_url, body, orphan.api_key)
+            await self.delivery.deliver(pending, outcome, kept=kept is Kept.KEPT)
         except Exception:
             self.internal_errors += 1
-            log.exception("rollout %s: internal error while redelivering", pending.rollout_id)
+            log.exception("rollout %s: internal error while taking it over", rollout_id)
         finally:
-            self.admission.finish(pending.rollout_id, record)
+            self._forget(rollout_id, control)
 
     async def run_sync(self, request: InitRequest, size: int = 0) -> RolloutResult:
         """Run one rollout of the synchronous variant (``POST /rollout``) in the caller's
@@ -243,8 +295,7 @@ class Supervisor:
         gets its "shutdown" result. The caller may not be the trainer, so no excerpt of the
         trainer's answers is put in the error message.
         """
-        self.admission.check(size)
-        control = self.admission.control(size=size)
+        control = self.admission.reserve(size)
         control.echo_trainer_body = False
         self._sync_controls.add(control)
         try:
@@ -277,7 +328,7 @@ class Supervisor:
             )
         with self._hurry_scope(self.config.drain_timeout):
             await tally.idle.wait()
-        cancelled = [r.control for r in self.admission.in_phase(*UNFINISHED)]
+        cancelled = [c for c in self.local.values() if c.phase in UNFINISHED]
         cancelled += [c for c in self._sync_controls if c.phase in UNFINISHED]
         for control in cancelled:
             control.shut_down()
@@ -292,7 +343,7 @@ class Supervisor:
         with self._hurry_scope(self.config.shutdown_delivery_timeout):
             await tally.idle.wait()
         if not tally.idle.is_set():
-            where = "kept in the outbox" if self.delivery.outbox is not None else "LOST"
+            where = "kept in the store" if self.store.durable else "LOST"
             log.error(
                 "shutdown: %d results not delivered in time (%s)", tally.count(*ACTIVE), where
             )
@@ -300,8 +351,9 @@ class Supervisor:
 
     def hurry(self) -> None:
         """End a running :meth:`drain` now (a second SIGTERM/SIGINT): unfinished rollouts are
-        cancelled at once and their deliveries not waited for. With an outbox their results
-        are kept on disk for the next start; without one they are lost (and logged)."""
+        cancelled at once and their deliveries not waited for. With a durable store their
+        results are kept there for another worker or the next start; in the memory store
+        they are lost (and logged)."""
         self._hurried = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
@@ -316,43 +368,6 @@ class Supervisor:
                 yield
             finally:
                 self._wait_scope = None
-
-    # ------------------------------------------------------------------ status and cancel
-
-    def rollout_status(self, rollout_id: str) -> dict[str, object] | None:
-        """What is known of ``rollout_id`` (``GET /v1/rollout/{id}``), or None when it is
-        unknown here (docs/PROTOCOL.md §3)."""
-        record = self.admission.record(rollout_id)
-        if record is None:
-            return None
-        control = record.control
-        ctx = control.context
-        outcome = control.outcome
-        return {
-            "rollout_id": rollout_id,
-            "phase": control.phase.value,
-            "owner": _OWNER,
-            "turns": 0 if ctx is None else ctx.turns,
-            "prompt_tokens": 0 if ctx is None else ctx._counters.prompt_tokens,
-            "completion_tokens": 0 if ctx is None else ctx.completion_tokens,
-            "seconds": round(trio.current_time() - control.started_at, 3),
-            "cancelled": control.cancelled,
-            "result": None
-            if outcome is None
-            else {"status": outcome[0], "finish_reason": outcome[1], "reward": outcome[2]},
-        }
-
-    def cancel(
-        self, *, rollout_ids: Sequence[str] = (), prefix: str | None = None, all: bool = False
-    ) -> list[str]:
-        """Cancel the rollouts named (by ids, an id prefix, or all) that are still queued or
-        running; returns the ids that were. Each ends with one ``ERROR`` result,
-        ``finish_reason`` "cancelled". Idempotent."""
-        found = self.admission.matching(rollout_ids=rollout_ids, prefix=prefix, all=all)
-        cancelled = [rollout_id for rollout_id, record in found if record.control.cancel()]
-        if cancelled:
-            log.info("cancelled on request: %s", ", ".join(cancelled))
-        return cancelled
 
     # ------------------------------------------------------------------ health
 
@@ -377,6 +392,10 @@ class Supervisor:
             "lost_results": self.delivery.lost_results,
             "internal_errors": self.internal_errors,
             "abandoned_threads": _threads.abandoned_threads(),
+            "taken_over": self.leases.taken_over,
+            "superseded_results": self.delivery.superseded_results,
+            "worker": self.owner,
+            "store": self.store.description,
             "draining": self._draining,
         }
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout._server.admission import Admission
+from rollout._server.supervisor import Supervisor
 from rollout.examples.calculator import agent
 
 
-def _broken_finish(self: Admission, *args: Any) -> None:
+def _broken_forget(self: Supervisor, *args: Any) -> None:
     raise RuntimeError("a bug in the engine's bookkeeping")
 
 
-Admission.finish = _broken_finish  # type: ignore[method-assign,assignment]
+Supervisor._forget = _broken_forget  # type: ignore[method-assign,assignment]
 
 __all__ = ["agent"]

@@ -1,0 +1,90 @@
+"""``rollout serve --workers N``: worker processes on one port sharing a SQLite store behave
+as one server; a killed worker is replaced and its rollout still gets exactly one result;
+one SIGTERM drains them all (docs/PROTOCOL.md §5.3, docs/DEPLOYMENT.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import trio
+
+from conftest import PROCESS_TIMEOUT, Trainer, init_body, server_process
+
+
+def _pid(worker: str) -> int:
+    """The pid in a worker's name, ``host:pid/nonce``."""
+    match = re.search(r":(\d+)/", worker)
+    assert match is not None, worker
+    return int(match.group(1))
+
+
+async def test_workers_share_one_port_and_one_store(trainer: Trainer, tmp_path: Path) -> None:
+    store = f"sqlite:{tmp_path}/store.db"
+    async with (
+        server_process("--workers", "2", store=store) as (parent, port),
+        httpx.AsyncClient(timeout=30.0) as client,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        bodies = [init_body(trainer, rollout_id=f"w-{i}") for i in range(12)]
+        for body in bodies:
+            assert (await client.post(f"{url}/v1/rollout/init", json=body)).status_code == 202
+        for body in bodies:  # re-sent, on whichever worker: no second run
+            again = await client.post(
+                f"{url}/v1/rollout/init", json=body, headers={"connection": "close"}
+            )
+            assert again.status_code == 202
+        for body in bodies:
+            assert (await trainer.mock.wait_result(body["rollout_id"]))["status"] == "COMPLETED"
+
+        # /metrics on any worker counts every worker's inits (prometheus multiprocess mode).
+        text = (await client.get(f"{url}/metrics")).text
+        started = re.search(r'rollout_inits_total\{outcome="started"\} (\S+)', text)
+        duplicates = re.search(r'rollout_inits_total\{outcome="duplicate"\} (\S+)', text)
+        assert started is not None
+        assert duplicates is not None
+        assert (float(started.group(1)), float(duplicates.group(1))) == (12.0, 12.0)
+
+        # A rollout in flight on a worker that gets SIGKILLed: replaced, taken over.
+        trainer.mock.chat_delay = 600.0
+        body = init_body(trainer, rollout_id="cut")
+        assert (await client.post(f"{url}/v1/rollout/init", json=body)).status_code == 202
+        await trainer.mock.wait_chat_request("cut")
+        status = (await client.get(f"{url}/v1/rollout/cut")).json()
+        assert status["phase"] == "running"
+        os.kill(_pid(status["owner"]), signal.SIGKILL)
+        trainer.mock.chat_delay = 0.0
+        result = await trainer.mock.wait_result("cut", timeout=PROCESS_TIMEOUT)
+        assert (result["status"], result["finish_reason"]) == ("ERROR", "error")
+        assert (
+            f"the worker {status['owner']} running this rollout stopped"
+            in (result["error_message"])
+        )
+        with trio.fail_after(PROCESS_TIMEOUT):  # the parent started a new worker
+            while True:
+                try:
+                    health = (await client.get(f"{url}/health")).json()
+                except httpx.TransportError:
+                    health = {}
+                if health.get("status") == "healthy" and health["worker"] != status["owner"]:
+                    break
+                await trio.sleep(0.05)
+
+        parent.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROCESS_TIMEOUT):
+            assert await parent.wait() == 0
+    assert {rid: len(r) for rid, r in trainer.mock.results.items()} == {
+        **{f"w-{i}": 1 for i in range(12)},
+        "cut": 1,
+    }
+
+
+async def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
+    from conftest import rollout_cli
+
+    code, _, stderr = await rollout_cli(tmp_path, "serve", "--workers", "2", "--store", "memory")
+    assert code == 2
+    assert "workers share the store" in stderr
