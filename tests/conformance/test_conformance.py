@@ -46,23 +46,36 @@ async def _check(mutant: Mutant | None, rule_names: list[str]) -> list[Outcome]:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_mutant, mutant, make_config(), stop)
         settings = SETTINGS if mutant is None else attrs.evolve(MUTANT_SETTINGS, **mutant.settings)
-        async with open_runner(f"http://127.0.0.1:{port}", settings) as runner:
-            tools = await runner.probe_tools()
-            outcomes = [
-                await trio.to_thread.run_sync(check_rule, runner, rule, tools)
-                for rule in select_rules(rule_names)
-            ]
+        outcomes = await _check_url(f"http://127.0.0.1:{port}", settings, rule_names)
         stop.set()
     return outcomes
 
 
-async def test_our_server_passes_every_rule() -> None:
-    outcomes = await _check(None, ["all"])
+async def _check_url(url: str, settings: RunSettings, rule_names: list[str]) -> list[Outcome]:
+    async with open_runner(url, settings) as runner:
+        tools = await runner.probe_tools()
+        return [
+            await trio.to_thread.run_sync(check_rule, runner, rule, tools)
+            for rule in select_rules(rule_names)
+        ]
 
+
+def _assert_every_rule_passes(outcomes: list[Outcome]) -> None:
     assert [o.rule.name for o in outcomes] == [rule.name for rule in RULES]
     failed = {o.rule.name: (o.violations, o.note) for o in outcomes if o.verdict != "pass"}
     assert failed == {}
     assert all(o.examples >= 1 for o in outcomes)
+
+
+async def test_our_server_passes_every_rule() -> None:
+    _assert_every_rule_passes(await _check(None, ["all"]))
+
+
+async def test_two_workers_sharing_redis_pass_every_rule(redis_url: str) -> None:
+    """docs/PROTOCOL.md §5.3: two processes on one port and one Redis are one server."""
+    async with server_process("--workers", "2", store=redis_url) as (_, port):
+        outcomes = await _check_url(f"http://127.0.0.1:{port}", SETTINGS, ["all"])
+    _assert_every_rule_passes(outcomes)
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name.replace(" ", "-"))

@@ -88,3 +88,39 @@ async def test_workers_refuse_the_memory_store(tmp_path: Path) -> None:
     code, _, stderr = await rollout_cli(tmp_path, "serve", "--workers", "2", "--store", "memory")
     assert code == 2
     assert "workers share the store" in stderr
+
+
+async def test_two_hosts_sharing_redis_are_one_server(trainer: Trainer, redis_url: str) -> None:
+    """Separate processes on their own ports (two hosts behind a load balancer): a re-sent
+    init reaching the other gets the original 202 and starts nothing; status and cancel
+    work from either; a cancel reaches the owner through the store."""
+    async with (
+        server_process(store=redis_url) as (_, port_a),
+        server_process(store=redis_url) as (_, port_b),
+        httpx.AsyncClient(timeout=30.0) as client,
+    ):
+        a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+        done = init_body(trainer, rollout_id="h-1")
+        assert (await client.post(f"{a}/v1/rollout/init", json=done)).status_code == 202
+        assert (await trainer.mock.wait_result("h-1"))["status"] == "COMPLETED"
+        again = await client.post(f"{b}/v1/rollout/init", json=done)
+        assert (again.status_code, again.json()["rollout_id"]) == (202, "h-1")
+        changed = await client.post(f"{b}/v1/rollout/init", json={**done, "max_turns": 3})
+        assert changed.status_code == 409
+        status = (await client.get(f"{b}/v1/rollout/h-1")).json()
+        assert (status["phase"], status["result"]["status"]) == ("done", "COMPLETED")
+
+        trainer.mock.chat_delay = 600.0  # h-2 waits on its first turn, on host a
+        held = init_body(trainer, rollout_id="h-2")
+        assert (await client.post(f"{a}/v1/rollout/init", json=held)).status_code == 202
+        await trainer.mock.wait_chat_request("h-2")
+        owner = (await client.get(f"{a}/health")).json()["worker"]
+        assert (await client.get(f"{b}/v1/rollout/h-2")).json()["owner"] == owner
+        cancel = await client.post(f"{b}/v1/rollout/cancel", json={"rollout_ids": ["h-2"]})
+        assert cancel.json() == {"cancelled": ["h-2"]}
+        result = await trainer.mock.wait_result("h-2", timeout=PROCESS_TIMEOUT)  # next renewal
+        assert (result["status"], result["finish_reason"]) == ("ERROR", "cancelled")
+        health_b = (await client.get(f"{b}/health")).json()
+    assert health_b["completed_rollouts"] == 0  # b never ran anything
+    assert {rid: len(r) for rid, r in trainer.mock.results.items()} == {"h-1": 1, "h-2": 1}
+    assert len(trainer.mock.chat_requests_for("h-1")) == 2  # one run: two turns
