@@ -143,6 +143,7 @@ def _components() -> dict[str, Any]:
             "turns": {"type": "integer"},
             "prompt_tokens": {"type": "integer"},
             "completion_tokens": {"type": "integer"},
+            "created_at": {"type": "number", "description": "Unix time of the 202, seconds"},
             "seconds": {"type": "number"},
             "cancelled": {"type": "boolean"},
             "result": {"anyOf": [{"type": "object"}, {"type": "null"}]},

@@ -41,6 +41,7 @@ async def describe(supervisor: Supervisor, rollout_id: str) -> dict[str, object]
             "turns": 0 if ctx is None else ctx.turns,
             "prompt_tokens": 0 if ctx is None else ctx.prompt_tokens,
             "completion_tokens": 0 if ctx is None else ctx.completion_tokens,
+            "created_at": round(time.time() - (trio.current_time() - control.started_at), 3),
             "seconds": round(trio.current_time() - control.started_at, 3),
             "cancelled": control.cancelled,
             "result": None,
@@ -57,6 +58,7 @@ async def describe(supervisor: Supervisor, rollout_id: str) -> dict[str, object]
         "turns": record.turns,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
+        "created_at": round(record.created_at, 3),
         "seconds": round((record.updated_at if finished else time.time()) - record.created_at, 3),
         "cancelled": record.cancel_requested
         or (outcome is not None and outcome.finish_reason == "cancelled"),
