@@ -9,6 +9,7 @@ nox -s conformance    # without --target: serve ours on a free loopback port and
 nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
 nox -s browser        # /docs in headless Chromium (needs: apt-get install chromium)
 nox -s fuzz [-- --bodies N --seed S --concurrency C --report FILE]   # hostile bodies: 0 5xx
+nox -s chaos [-- --rollouts N --concurrency C --seed S]   # kill -9 mid-run: 1 result each
 nox -s deploy         # deploy/compose.yaml: 2 replicas, Redis, nginx; one rollout through it
 """
 
@@ -117,6 +118,18 @@ def fuzz(session: nox.Session) -> None:
     """10,000 hostile bodies and headers against a server process; fails on any 5xx."""
     _sync(session)
     session.run("python", "tests/fuzzing/hostile.py", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Three server processes, trainer faults, SIGKILL and SIGTERM mid-run: every accepted
+    rollout gets exactly one result (benchmarks/chaos.py); against Redis, then SQLite."""
+    _sync(session)
+    for store in ("redis", "sqlite"):  # a --report in posargs comes last, and wins
+        report = f"chaos-report-{store}.json"
+        session.run(
+            "python", "benchmarks/chaos.py", "--store", store, "--report", report, *session.posargs
+        )
 
 
 @nox.session

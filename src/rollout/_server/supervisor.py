@@ -107,6 +107,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._draining = False
         self._drained = trio.Event()
+        self._stopped = trio.Event()  # run() returned: the lease released, the store closed
         self._hurried = False
         self._wait_scope: trio.CancelScope | None = None
         self.completed_rollouts = 0
@@ -123,32 +124,39 @@ class Supervisor:
         :meth:`drain` completes; then release the lease. Raises StoreError when the store
         cannot be used at start; should the nursery fail later, record why in
         :attr:`failure`, set :attr:`failed` and return."""
-        async with self.store.connected():
-            await self.leases.acquire()
-            started = False
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self.traces is not None:
-                        await nursery.start(self.traces.run)
-                    nursery.start_soon(self.leases.run, name="lease")
-                    if self.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-                        nursery.start_soon(self._observe_metrics, self.metrics)
-                    task_status.started()
-                    started = True
-                    with trio.CancelScope(shield=True):  # take over what a stop left, now
-                        await self._renew_quietly()
-                    await self._drained.wait()
-                    nursery.cancel_scope.cancel()  # only stragglers past every grace period
-            except* Exception as group:
-                if not started:
-                    raise
-                self.failure = group
-                log.critical("the rollout engine stopped", exc_info=group)
-                self.admission.closed = "the rollout engine stopped; the server is shutting down"
-                self._drained.set()
-                self.failed.set()
-            await self.leases.release()
+        try:
+            async with self.store.connected():
+                await self._serve(task_status)
+        finally:
+            self._stopped.set()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        """Hold the lease and own the nursery (see :meth:`run`); the store is connected."""
+        await self.leases.acquire()
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.traces is not None:
+                    await nursery.start(self.traces.run)
+                nursery.start_soon(self.leases.run, name="lease")
+                if self.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                    nursery.start_soon(self._observe_metrics, self.metrics)
+                task_status.started()
+                started = True
+                with trio.CancelScope(shield=True):  # take over what a stop left, now
+                    await self._renew_quietly()
+                await self._drained.wait()
+                nursery.cancel_scope.cancel()  # only stragglers past every grace period
+        except* Exception as group:
+            if not started:
+                raise
+            self.failure = group
+            log.critical("the rollout engine stopped", exc_info=group)
+            self.admission.closed = "the rollout engine stopped; the server is shutting down"
+            self._drained.set()
+            self.failed.set()
+        await self.leases.release()
 
     async def _renew_quietly(self) -> None:
         try:
@@ -316,6 +324,7 @@ class Supervisor:
         """
         if self._draining or self.failed.is_set():
             await self._drained.wait()
+            await self._stopped.wait()
             return
         self._draining = True
         self.admission.closed = "the server is draining for shutdown and admits no new rollouts"
@@ -348,6 +357,9 @@ class Supervisor:
                 "shutdown: %d results not delivered in time (%s)", tally.count(*ACTIVE), where
             )
         self._drained.set()
+        # The lease is released, and the store closed, by run(): wait for it, so that
+        # whoever stops next (the app's nursery) cannot cut that off.
+        await self._stopped.wait()
 
     def hurry(self) -> None:
         """End a running :meth:`drain` now (a second SIGTERM/SIGINT): unfinished rollouts are

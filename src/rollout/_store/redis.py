@@ -74,7 +74,8 @@ class RedisStore(Store):
         ready = False
         try:
             async with client:
-                await self._call(client.ping())
+                for source in SOURCES.values():  # loaded now: no NOSCRIPT retry on first use
+                    await self._call(client.script_load(source))
                 self._scripts = {n: client.register_script(s) for n, s in SOURCES.items()}
                 self._client, ready = client, True
                 try:
