@@ -214,3 +214,32 @@ async def test_an_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"store redis://127\.0\.0\.1:9/0"):
         async with open_store("redis://127.0.0.1:9/0").connected():
             pass
+
+
+async def test_sqlite_commits_a_group_and_a_failing_operation_fails_alone(tmp_path: Path) -> None:
+    from rollout._store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.db")
+    outcomes: dict[str, object] = {}
+
+    def broken(db: object, now: float) -> None:
+        db.execute("INSERT INTO no_such_table VALUES (1)")  # type: ignore[attr-defined]
+
+    async def claim(rollout_id: str) -> None:
+        outcomes[rollout_id] = (await store.claim(_new(rollout_id), "w")).new
+
+    async def fail() -> None:
+        try:
+            await store._tx(broken)
+        except StoreError as exc:
+            outcomes["broken"] = str(exc)
+
+    async with store.connected():
+        async with trio.open_nursery() as nursery:  # all queued before the writer runs
+            for i in range(40):
+                nursery.start_soon(claim, f"r-{i}")
+            nursery.start_soon(fail)
+        found = [await store.lookup(f"r-{i}", None) for i in range(40)]
+        assert None not in found
+    assert [outcomes[f"r-{i}"] for i in range(40)] == [True] * 40
+    assert "no such table" in str(outcomes["broken"])
