@@ -36,6 +36,7 @@ async def test_drain_refuses_new_rollouts_and_lets_running_ones_finish(
     refused = await server.init(init_body(trainer, rollout_id="late"))
     assert refused.status_code == 503
     assert "retry-after" in refused.headers
+    assert refused.headers["connection"] == "close"  # retried elsewhere, not on this one
     # A duplicate of an accepted rollout is still answered from its record.
     assert (await server.init(init_body(trainer, rollout_id="in-flight"))).status_code == 202
 

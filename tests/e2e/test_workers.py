@@ -124,3 +124,37 @@ async def test_two_hosts_sharing_redis_are_one_server(trainer: Trainer, redis_ur
     assert health_b["completed_rollouts"] == 0  # b never ran anything
     assert {rid: len(r) for rid, r in trainer.mock.results.items()} == {"h-1": 1, "h-2": 1}
     assert len(trainer.mock.chat_requests_for("h-1")) == 2  # one run: two turns
+
+
+async def test_a_draining_worker_leaves_new_connections_to_the_others(
+    trainer: Trainer, tmp_path: Path
+) -> None:
+    store = f"sqlite:{tmp_path}/store.db"
+    async with (
+        server_process("--workers", "2", store=store) as (parent, port),
+        httpx.AsyncClient(timeout=30.0) as client,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        trainer.mock.chat_delay = 3.0  # the held rollout keeps its worker draining a while
+        body = init_body(trainer, rollout_id="held")
+        assert (await client.post(f"{url}/v1/rollout/init", json=body)).status_code == 202
+        await trainer.mock.wait_chat_request("held")
+        owner = (await client.get(f"{url}/v1/rollout/held")).json()["owner"]
+        trainer.mock.chat_delay = 0.0
+        os.kill(_pid(owner), signal.SIGTERM)  # that worker alone drains
+        await trio.sleep(0.5)
+        statuses = []
+        fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each
+        async with httpx.AsyncClient(timeout=30.0, limits=fresh) as new_connections:
+            for i in range(16):
+                body = init_body(trainer, rollout_id=f"d-{i}")
+                answer = await new_connections.post(f"{url}/v1/rollout/init", json=body)
+                statuses.append(answer.status_code)
+        assert statuses == [202] * 16  # never a 503 from the draining worker
+        result = await trainer.mock.wait_result("held", timeout=PROCESS_TIMEOUT)
+        assert result["status"] == "COMPLETED"  # it finished its rollout while draining
+        for i in range(16):
+            await trainer.mock.wait_result(f"d-{i}", timeout=PROCESS_TIMEOUT)
+        parent.send_signal(signal.SIGTERM)
+        with trio.fail_after(PROCESS_TIMEOUT):
+            assert await parent.wait() == 0

@@ -78,6 +78,8 @@ async def _supervise(
             )
             processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
+            if stopping:  # the signal came while it was starting: pass it on now
+                process.send_signal(signal.SIGTERM)
             code = await process.wait()
             _mark_dead(process.pid, metrics_dir)
             if stopping:
@@ -92,13 +94,16 @@ async def _supervise(
                 failed = True
                 stop(signal.SIGTERM)
                 return
-            log.error(
-                "worker %d (pid %d) exited with %d; starting a new one (the others take over"
-                " its rollouts when its lease ends)",
-                index,
-                process.pid,
-                code,
-            )
+            if code == 0:  # it drained and stopped by itself (a signal sent to it alone)
+                log.warning("worker %d (pid %d) stopped; starting a new one", index, process.pid)
+            else:
+                log.error(
+                    "worker %d (pid %d) exited with %d; starting a new one (the others take"
+                    " over its rollouts when its lease ends)",
+                    index,
+                    process.pid,
+                    code,
+                )
 
     def stop(signum: int) -> None:
         nonlocal stopping

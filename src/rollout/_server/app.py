@@ -39,7 +39,7 @@ from .._wire.sync import parse_sync_request
 from .._wire.validation import ValidationError, parse_init_request
 from ..agent import Agent
 from ..config import ServerConfig
-from .admission import AdmissionError
+from .admission import AdmissionError, Draining
 from .lifecycle import encode_result
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
@@ -205,6 +205,8 @@ def create_app(
 
     def refused(exc: AdmissionError) -> Response:
         headers = {} if exc.retry_after is None else {"retry-after": f"{exc.retry_after:g}"}
+        if isinstance(exc, Draining):  # the retry goes on a new connection: another worker
+            headers["connection"] = "close"
         return _error(exc.status, str(exc), headers)
 
     @app.post("/v1/rollout/init")

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from functools import partial
 from urllib.parse import urlsplit
 
 import hypercorn.config
@@ -51,8 +50,9 @@ async def serve(
     first SIGTERM or SIGINT), then drain and return.
 
     ``listen_fd``: serve on this inherited listening socket instead of binding
-    ``host:port`` (a worker of ``rollout serve --workers``, :mod:`rollout._cli.workers`);
-    such a worker also drains when its parent process is gone.
+    ``host:port`` (a worker of ``rollout serve --workers``, :mod:`rollout._cli.workers`).
+    Such a worker stops accepting connections as soon as its drain starts (the other
+    workers on the port take them), and also drains when its parent process is gone.
 
     Reports the bound port (an int; useful with ``port=0``) through ``task_status`` once the
     server listens and the supervisor runs, so ``port = await nursery.start(serve, ...)``.
@@ -97,6 +97,14 @@ async def serve(
             if supervisor.failed.is_set():
                 log.critical("the rollout engine stopped: shutting down")
                 return
+            if listen_fd is not None:
+                # A worker on a shared port stops accepting at once, so that new connections
+                # go to the other workers, and drains meanwhile (after_serving waits for it).
+                outer.start_soon(drain, supervisor)
+                return
+            await drain(supervisor)
+
+        async def drain(supervisor: Supervisor) -> None:
             async with trio.open_nursery() as nursery:
                 if shutdown_trigger is None:
                     nursery.start_soon(hurry_on_second_signal, supervisor)
@@ -108,10 +116,14 @@ async def serve(
             log.warning("second signal: stopping now, without waiting for the drain")
             supervisor.hurry()
 
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(hypercorn.trio.serve, app, hconfig, shutdown_trigger=drain_then_stop)
+        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+            await hypercorn.trio.serve(
+                app, hconfig, shutdown_trigger=drain_then_stop, task_status=task_status
             )
+            outer.cancel_scope.cancel()  # a second-signal watcher may still wait
+
+        async with trio.open_nursery() as outer:
+            binds = await outer.start(serve_then_stop)
             task_status.started(_port(binds[0]))
     supervisor = supervisor_of(app)
     if supervisor.failed.is_set():
