@@ -6,7 +6,7 @@ nox -s typecheck      # mypy (strict)
 nox -s demo           # the end-to-end demo (same as `uv run rollout demo`)
 nox -s conformance -- --target URL [options]   # check any rollout server (docs/CONFORMANCE.md)
 nox -s conformance    # without --target: serve ours on a free loopback port and check it
-nox -s bench [-- --rollouts N --concurrency C]   # throughput, latency, CPU, memory figures
+nox -s bench [-- --scenarios in-flight,slow,throughput,stub,workers --rollouts N]   # scale
 nox -s browser        # /docs in headless Chromium (needs: apt-get install chromium)
 nox -s fuzz [-- --bodies N --seed S --concurrency C --report FILE]   # hostile bodies: 0 5xx
 nox -s chaos [-- --rollouts N --concurrency C --seed S]   # kill -9 mid-run: 1 result each
@@ -108,9 +108,10 @@ def _wait_for_url(log: Path, server: subprocess.Popen[bytes], timeout: float = 6
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput, latency, CPU and memory of a server process; prints figures."""
+    """In-flight, slow-trainer, throughput, stub and workers figures of a server process
+    (benchmarks/scale.py); prints tables and writes bench-results.json (--json)."""
     _sync(session)
-    session.run("python", "benchmarks/rollouts.py", *session.posargs)
+    session.run("python", "benchmarks/scale.py", *session.posargs)
 
 
 @nox.session
@@ -122,14 +123,17 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def chaos(session: nox.Session) -> None:
-    """Three server processes, trainer faults, SIGKILL and SIGTERM mid-run: every accepted
-    rollout gets exactly one result (benchmarks/chaos.py); against Redis, then SQLite."""
+    """Three server workers, trainer faults, SIGKILL and SIGTERM mid-run: every accepted
+    rollout gets exactly one result (benchmarks/chaos.py); three passes: separate processes
+    on Redis, then on SQLite, then one ``rollout serve --workers 3`` on SQLite."""
     _sync(session)
-    for store in ("redis", "sqlite"):  # a --report in posargs comes last, and wins
-        report = f"chaos-report-{store}.json"
+    passes = [("redis", "processes"), ("sqlite", "processes"), ("sqlite", "workers")]
+    for store, layout in passes:  # a --report in posargs comes last, and wins
+        report = f"chaos-report-{store}-{layout}.json"
         session.run(
-            "python", "benchmarks/chaos.py", "--store", store, "--report", report, *session.posargs
-        )
+            "python", "benchmarks/chaos.py", "--store", store, "--layout", layout,
+            "--report", report, *session.posargs,
+        )  # fmt: skip
 
 
 @nox.session

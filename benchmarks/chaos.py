@@ -1,18 +1,30 @@
 """Chaos run: every accepted rollout gets exactly one result, across worker crashes.
 
-Three ``rollout serve`` processes share one store (a real ``redis-server`` of this run's
-own, or with ``--store sqlite`` one SQLite file). This process plays the trainer cluster:
-a :class:`rollout.testing.MockTrainer` that injects faults (chat 500s, 429s with
+Three server workers share one store (a real ``redis-server`` of this run's own, or with
+``--store sqlite`` one SQLite file), in one of two layouts:
+
+- ``--layout processes`` (the default): three separate ``rollout serve`` processes, each on
+  its own port; inits go round-robin over the live ones. One is killed with SIGKILL (and
+  replaced by a new process), later another gets SIGTERM (it drains; replaced too), and
+  the survivors get SIGTERM at the end.
+- ``--layout workers``: one ``rollout serve --workers 3`` parent on one port, whose worker
+  processes accept on the same socket; every init goes to that port. A worker found through
+  ``GET /health`` (its ``worker`` is ``host:pid/nonce``) is killed with SIGKILL, later
+  another one gets SIGTERM; the parent replaces both. At the end the parent gets SIGTERM,
+  passes it on to every worker, and must exit 0.
+
+This process plays the trainer cluster (benchmarks/_chaos_trainer.py): a
+:class:`rollout.testing.MockTrainer` that injects faults (chat 500s, 429s with
 ``Retry-After``, chat answers hanging 1-3 s, a window in which every
 ``/v1/rollout/completed`` answers 503), behind a TCP proxy that resets a fraction of
 requests (``SO_LINGER`` 0), some before the trainer saw them and some after it answered;
 and the load generator, which keeps ``--concurrency`` rollouts outstanding (a slot is held
-from the init until its result arrives), round-robin over the live processes, re-sending
-the same body elsewhere when an init's answer is lost. Meanwhile one process is killed
-with SIGKILL (and replaced), and later another gets SIGTERM (it drains; replaced too).
+from the init until its result arrives), re-sending the same body (to another process, or
+on a new connection) when an init's answer is lost.
 
     uv run python benchmarks/chaos.py --rollouts 2000
     uv run python benchmarks/chaos.py --store sqlite --rollouts 300
+    uv run python benchmarks/chaos.py --store sqlite --layout workers --rollouts 300
     nox -s chaos
 
 Figures: accepted, results, lost (accepted ids without a result), duplicates (ids with
@@ -20,7 +32,8 @@ two or more different result bodies), redelivered (the same body more than once:
 runs started per id (from the servers' ``rollout <id> accepted`` log lines), orphan results
 (the killed worker's rollouts, ended by a survivor) and seconds from the SIGKILL to the
 last of them. Exit status 1 when a rollout was lost, got two different results, or ran
-twice; 0 otherwise. Everything listens on 127.0.0.1 only.
+twice, or (workers layout) the parent did not exit 0; 0 otherwise. Everything listens on
+127.0.0.1 only.
 
 Importable: ``await run(Options(...))`` returns the report dict (tests/e2e/test_chaos.py).
 """
@@ -36,13 +49,13 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,8 +63,14 @@ from typing import Any
 import httpx
 import trio
 
-from rollout.testing import Fault, MockTrainer, RecordedRequest
+from rollout.testing import MockTrainer
 from rollout.testing import serve as serve_trainer
+
+# The trainer and the proxy live in a sibling module; benchmarks/ is not a package, and
+# this file may be loaded by path (tests/e2e/test_chaos.py), so put its directory on the path.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _chaos_trainer import DrawnFaults, Injector, TimedResults, proxy
 
 #: A bound on starting or stopping one process, seconds.
 PROCESS_TIMEOUT = 60.0
@@ -61,6 +80,13 @@ RUN_STARTED = re.compile(r" rollout (\S+) accepted$", re.MULTILINE)
 DUPLICATE_INIT = re.compile(r" rollout (\S+): duplicate init", re.MULTILINE)
 ORPHAN = "stopped before it finished"
 ERROR_LINE = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) ", re.MULTILINE)
+#: The ``rollout serve --workers`` parent's lines about its workers (rollout/_cli/workers.py).
+WORKER_STARTED = re.compile(r"worker (?P<index>\d+) started \(pid (?P<pid>\d+)\)")
+WORKER_EXITED = re.compile(
+    r"worker (?P<index>\d+) \(pid (?P<pid>\d+)\) exited with (?P<code>-?\d+)"
+    r"(?P<restarted>; starting a new one)?"
+)
+LAYOUTS = ("processes", "workers")
 
 
 @dataclasses.dataclass
@@ -69,10 +95,12 @@ class Options:
 
     - ``store``: "redis" (a ``redis-server`` started for the run, or ``redis_url``) or
       "sqlite" (one file in the work directory).
+    - ``layout``: "processes" (``servers`` separate ``rollout serve`` processes) or
+      "workers" (one ``rollout serve --workers`` with ``servers`` workers); see above.
     - ``concurrency``: rollouts outstanding at once (init sent, result not yet received).
     - ``outage``: (start, end) seconds after the first init during which every
       ``/v1/rollout/completed`` answers 503.
-    - ``kill_at`` / ``term_at``: fraction of the rollouts accepted when one process gets
+    - ``kill_at`` / ``term_at``: fraction of the rollouts accepted when one worker gets
       SIGKILL, and when another gets SIGTERM.
     - ``settle``: how long after the last init to wait for the last results.
     - ``quiet``: once every result arrived, how long to keep listening for late duplicates.
@@ -82,6 +110,7 @@ class Options:
     """
 
     store: str = "redis"
+    layout: str = "processes"
     rollouts: int = 2000
     concurrency: int = 128
     seed: int = 0
@@ -106,170 +135,13 @@ class Options:
     echo: Callable[[str], None] = print
 
 
-# ---------------------------------------------------------------------------- the trainer
-
-
-class _DrawnFaults(collections.deque[Fault]):
-    """A fault queue that never runs dry: each ``popleft()`` (one per request, see
-    rollout.testing._app) draws the request's fault from ``draw``."""
-
-    def __init__(self, draw: Callable[[], Fault]) -> None:
-        super().__init__()
-        self._draw = draw
-
-    def __bool__(self) -> bool:
-        return True
-
-    def popleft(self) -> Fault:
-        return self._draw()
-
-
-class _TimedResults(dict[str, list[RecordedRequest]]):
-    """``MockTrainer.results`` that notes when each result arrived (Unix time, seconds) and
-    wakes whoever waits for it. The mock records a result with
-    ``results.setdefault(rollout_id, []).append(request)``: one ``setdefault`` per result."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrivals: dict[str, list[float]] = {}
-        self.waiting: dict[str, trio.Event] = {}
-
-    def setdefault(self, key: str, default: list[RecordedRequest]) -> list[RecordedRequest]:
-        self.arrivals.setdefault(key, []).append(time.time())
-        if (event := self.waiting.pop(key, None)) is not None:
-            event.set()  # the waiter runs after the append that follows this call
-        return super().setdefault(key, default)
-
-    async def wait(self, rollout_id: str, timeout: float) -> bool:  # noqa: ASYNC109
-        """Wait up to ``timeout`` seconds for a result of ``rollout_id``; whether one came."""
-        with trio.move_on_after(timeout):
-            while rollout_id not in self:
-                await self.waiting.setdefault(rollout_id, trio.Event()).wait()
-        return rollout_id in self
-
-
-class _Injector:
-    """Draws each trainer request's fault with a seeded generator and counts them."""
-
-    def __init__(self, options: Options, counts: collections.Counter[str]) -> None:
-        self.options = options
-        self.random = random.Random(options.seed * 7919 + 1)
-        self.counts = counts
-        self.t0: float | None = None  # trio.current_time() of the first init
-        self.trainer: MockTrainer | None = None
-        #: rollout_id -> what each of its chat requests got, in order.
-        self.chats: dict[str, list[str]] = {}
-
-    def chat(self) -> Fault:
-        o, r = self.options, self.random.random()
-        if r < o.chat_500:
-            fault, kind = Fault(500), "500"
-        elif r < o.chat_500 + o.chat_429:
-            fault, kind = Fault(429, retry_after=0.2), "429"
-        elif r < o.chat_500 + o.chat_429 + o.chat_hang:
-            fault = Fault(200, delay=self.random.uniform(*o.hang))
-            kind = f"hang {fault.delay:.1f} s"
-        else:
-            fault, kind = Fault(), "ok"
-        self.counts["chat requests"] += 1
-        if kind != "ok":
-            self.counts[f"chat {kind.split()[0]}"] += 1
-        # The mock appends the request to chat_requests just before it takes the fault.
-        if self.trainer is not None and self.trainer.chat_requests:
-            body = self.trainer.chat_requests[-1].body
-            rollout_id = body.get("rollout_id") if isinstance(body, dict) else None
-            self.chats.setdefault(str(rollout_id), []).append(kind)
-        return fault
-
-    def completed(self) -> Fault:
-        start, end = self.options.outage
-        if self.t0 is not None and start <= trio.current_time() - self.t0 < end:
-            self.counts["completed 503"] += 1
-            return Fault(503)
-        return Fault()
-
-
-# ---------------------------------------------------------------------------- the proxy
-
-_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ")
-
-
-async def _reset(stream: trio.SocketStream) -> None:
-    """Close ``stream`` abruptly: SO_LINGER 0 makes the kernel send RST, not FIN."""
-    with contextlib.suppress(OSError):
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    await stream.aclose()
-
-
-async def proxy(
-    upstream_port: int,
-    reset_rate: float,
-    seed: int,
-    counts: collections.Counter[str],
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A TCP proxy on 127.0.0.1:0 to 127.0.0.1:``upstream_port``; reports its port.
-
-    Each HTTP request (a chunk from the client that starts with a method) is, with
-    probability ``reset_rate``, answered with a connection reset: half of them at once (the
-    trainer never sees the request), half once the trainer's answer comes back (it acted on
-    the request, the client never learns). Runs until cancelled.
-    """
-    draw = random.Random(seed * 7919 + 2)
-
-    async def handle(client: trio.SocketStream) -> None:
-        counts["proxy connections"] += 1
-        try:
-            upstream = await trio.open_tcp_stream("127.0.0.1", upstream_port)
-        except OSError:
-            await _reset(client)
-            return
-        reset_on_answer = False
-        async with upstream, client, trio.open_nursery() as pipes:
-
-            async def requests() -> None:
-                nonlocal reset_on_answer
-                while data := await client.receive_some(65536):
-                    if data.startswith(_METHODS) and draw.random() < reset_rate:
-                        if draw.random() < 0.5:
-                            counts["reset before trainer"] += 1
-                            await _reset(client)
-                            return
-                        reset_on_answer = True
-                    await upstream.send_all(data)
-                await upstream.send_eof()
-                await trio.sleep_forever()  # until the answers end
-
-            async def answers() -> None:
-                while data := await upstream.receive_some(65536):
-                    if reset_on_answer:
-                        counts["reset after trainer"] += 1
-                        await _reset(client)
-                        return
-                    await client.send_all(data)
-
-            async def pump(direction: Callable[[], Awaitable[None]]) -> None:
-                with contextlib.suppress(
-                    OSError, trio.BrokenResourceError, trio.ClosedResourceError
-                ):
-                    await direction()
-                pipes.cancel_scope.cancel()  # either direction ending ends the connection
-
-            pipes.start_soon(pump, requests)
-            pipes.start_soon(pump, answers)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(handle, listeners)
-
-
 # ---------------------------------------------------------------------------- processes
 
 
 @dataclasses.dataclass
 class Worker:
-    """One ``rollout serve`` process."""
+    """One ``rollout serve`` process started here: a server of the processes layout, or
+    the ``--workers`` parent of the workers layout (its workers are known by pid only)."""
 
     name: str
     process: trio.Process
@@ -279,7 +151,23 @@ class Worker:
     live: bool = True
     fate: str = "running"
     exit_status: int | None = None
-    health: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _pid(worker_id: str) -> int:
+    """The pid in a worker id, ``host:pid/nonce``."""
+    match = re.search(r":(\d+)/", worker_id)
+    if match is None:
+        raise ValueError(f"not a worker id: {worker_id!r}")
+    return int(match.group(1))
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid`` (Linux ``/proc``); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])  # after "pid (comm)": state, ppid
 
 
 async def _stop(process: trio.Process, grace: float) -> int | None:
@@ -339,8 +227,8 @@ class Chaos:
         workdir: Path,
         store_url: str,
         trainer_url: str,
-        results: _TimedResults,
-        injector: _Injector,
+        results: TimedResults,
+        injector: Injector,
         processes: list[trio.Process],
     ) -> None:
         self.options = options
@@ -361,34 +249,50 @@ class Chaos:
         self.last_init = 0.0
         self.monkey_done = trio.Event()
         self.random = random.Random(options.seed)
+        self.health: dict[str, dict[str, Any]] = {}  # worker id -> its /health at the end
+        # The workers layout: pid -> worker id of the parent's workers seen on /health, and
+        # of those signalled here, pid -> "SIGKILL" or "SIGTERM"; any left running at the end.
+        self.seen: dict[int, str] = {}
+        self.struck: dict[int, str] = {}
+        self.left_running: list[int] = []
 
     # -- processes
 
     async def start_worker(self) -> Worker:
-        """Start one ``rollout serve`` and wait for its port and worker id."""
-        name = f"server-{len(self.workers) + 1}"
+        """Start one ``rollout serve`` (the workers layout: the ``--workers`` parent) and wait
+        for its port and a worker id (for the parent: until each of its workers listens)."""
+        o = self.options
+        parent = o.layout == "workers"
+        name = "parent" if parent else f"server-{len(self.workers) + 1}"
         log = self.workdir / f"{name}.log"
         command = [sys.executable, "-m", "rollout", "serve", "--host", "127.0.0.1", "--port", "0"]
-        command += ["--store", self.store_url, "--lease-ttl", f"{self.options.lease_ttl:g}"]
-        command += ["--max-concurrent", str(self.options.max_concurrent)]
+        command += ["--store", self.store_url, "--lease-ttl", f"{o.lease_ttl:g}"]
+        command += ["--max-concurrent", str(o.max_concurrent)]
+        if parent:
+            command += ["--workers", str(o.servers)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as sink:
+        with log.open("ab") as sink:  # O_APPEND: the parent's workers write to it too
             process = await trio.lowlevel.open_process(
                 command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env,
                 cwd=self.workdir,
             )  # fmt: skip
         self.processes.append(process)
-        worker = Worker(name, process, log)
+        worker = Worker(name, process, log, live=False)  # no inits before it listens
+        self.workers.append(worker)
+        lines = 1 + o.servers if parent else 1  # the parent's "listening", then each worker's
         with trio.fail_after(PROCESS_TIMEOUT):
-            while (match := LISTENING.search(log.read_text(errors="replace"))) is None:
+            while len(LISTENING.findall(text := log.read_text(errors="replace"))) < lines:
                 if process.returncode is not None:
-                    raise RuntimeError(f"{name} exited early:\n{log.read_text()}")
+                    raise RuntimeError(f"{name} exited early:\n{text}")
                 await trio.sleep(0.05)
+        match = LISTENING.search(text)
+        assert match is not None
         worker.url = f"http://127.0.0.1:{match.group(1)}"
         async with httpx.AsyncClient(timeout=10.0) as client:
-            worker.worker_id = (await client.get(f"{worker.url}/health")).json()["worker"]
-        self.workers.append(worker)
-        self.options.echo(f"{name}: {worker.url} worker {worker.worker_id}")
+            some_worker = (await client.get(f"{worker.url}/health")).json()["worker"]
+        worker.worker_id = f"pid {process.pid}" if parent else some_worker
+        worker.live = True
+        o.echo(f"{name}: {worker.url} worker {some_worker}")
         return worker
 
     def live(self) -> list[Worker]:
@@ -400,7 +304,14 @@ class Chaos:
 
     async def monkey(self) -> None:
         """SIGKILL one worker at ``kill_at`` of the rollouts accepted and SIGTERM another at
-        ``term_at``; each is replaced by a fresh process at once."""
+        ``term_at``; each is replaced by a fresh process (by the parent in the workers layout)."""
+        if self.options.layout == "workers":
+            await self._monkey_workers()
+        else:
+            await self._monkey_processes()
+        self.monkey_done.set()
+
+    async def _monkey_processes(self) -> None:
         o = self.options
         await self._crossing(o.kill_at).wait()
         victim = self._victim()
@@ -429,7 +340,64 @@ class Chaos:
         victim.exit_status = victim.process.returncode
         self.events["sigterm exited"] = time.time()
         self.options.echo(f"{victim.name} exited with status {victim.exit_status}")
-        self.monkey_done.set()
+
+    async def _monkey_workers(self) -> None:
+        o = self.options
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            for fate, fraction in (("SIGKILL", o.kill_at), ("SIGTERM", o.term_at)):
+                await self._crossing(fraction).wait()
+                log_size = self.workers[0].log.stat().st_size
+                pid = await self._strike(client, getattr(signal, fate))
+                self.struck[pid] = fate
+                self.events[fate.lower()] = time.time()
+                o.echo(f"{fate} worker {self.seen[pid]} after {len(self.accepted)} accepted")
+                # The drain lasts at most drain_timeout + shutdown_delivery_timeout + a margin.
+                status = await self._worker_exit(pid, log_size, 120.0)
+                if fate == "SIGTERM":
+                    self.events["sigterm exited"] = time.time()
+                o.echo(f"worker pid {pid} exited with status {status}")
+
+    async def _strike(self, client: httpx.AsyncClient, signum: int) -> int:
+        """Send ``signum`` to a worker of the parent that answers ``GET /health`` on a new
+        connection, not one signalled before, preferably one with rollouts; its pid."""
+        parent, attempt = self.workers[0], 0
+        with trio.fail_after(PROCESS_TIMEOUT):
+            while True:
+                attempt += 1
+                try:
+                    answer = await client.get(
+                        f"{parent.url}/health", headers={"connection": "close"}
+                    )
+                    health = answer.json()
+                    pid = _pid(health["worker"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    await trio.sleep(0.05)
+                    continue
+                self.seen[pid] = health["worker"]
+                busy = health.get("status") == "healthy" and health.get("active_rollouts")
+                if (
+                    pid not in self.struck
+                    and (busy or attempt >= 20)
+                    and _parent_pid(pid) == parent.process.pid  # one of ours, still running
+                ):
+                    os.kill(pid, signum)
+                    return pid
+                await trio.sleep(0.02)
+        raise AssertionError("unreachable: fail_after raises")
+
+    async def _worker_exit(self, pid: int, offset: int, timeout: float) -> int | None:  # noqa: ASYNC109
+        """The exit status the parent logs for its worker ``pid`` (after byte ``offset`` of
+        its log); None when it logged none within ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            while True:
+                with self.workers[0].log.open("rb") as log:
+                    log.seek(offset)
+                    text = log.read().decode(errors="replace")
+                for match in WORKER_EXITED.finditer(text):
+                    if int(match["pid"]) == pid:
+                        return int(match["code"])
+                await trio.sleep(0.1)
+        return None
 
     def _crossing(self, fraction: float) -> trio.Event:
         return self.crossed.setdefault(fraction, trio.Event())
@@ -452,9 +420,13 @@ class Chaos:
             "metadata": {"ground_truth": str(a + b)},
         }
 
-    async def init(self, client: httpx.AsyncClient, body: dict[str, Any]) -> bool:
+    async def init(
+        self, client: httpx.AsyncClient, fresh: httpx.AsyncClient, body: dict[str, Any]
+    ) -> bool:
         """POST ``body`` round-robin until a process answers 202 (True); the same body to
-        another process whenever the answer is lost or says "later"."""
+        another process whenever the answer is lost or says "later". In the workers layout
+        (one port) a re-send goes on a new connection (``fresh`` keeps none alive), which
+        the kernel hands to any worker, not back to one that died or drains."""
         rollout_id = body["rollout_id"]
         for attempt in range(self.options.init_tries):
             if attempt:
@@ -463,8 +435,9 @@ class Chaos:
             live = self.live()
             worker = live[self.turn % len(live)]
             self.turn += 1
+            sender = fresh if attempt and self.options.layout == "workers" else client
             try:
-                answer = await client.post(f"{worker.url}/v1/rollout/init", json=body)
+                answer = await sender.post(f"{worker.url}/v1/rollout/init", json=body)
             except httpx.HTTPError as exc:
                 self.init_failures[type(exc).__name__] += 1
                 continue
@@ -478,11 +451,14 @@ class Chaos:
         return False
 
     async def one(
-        self, client: httpx.AsyncClient, index: int, limiter: trio.CapacityLimiter
+        self,
+        clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+        index: int,
+        limiter: trio.CapacityLimiter,
     ) -> None:
         try:
             body = self.body(index)
-            accepted = await self.init(client, body)
+            accepted = await self.init(*clients, body)
             self.last_init = trio.current_time()
             if not accepted:
                 return
@@ -497,13 +473,15 @@ class Chaos:
     async def drive(self) -> None:
         """Start the workers, send every rollout, wait for the results."""
         o = self.options
-        for _ in range(o.servers):
+        for _ in range(1 if o.layout == "workers" else o.servers):
             await self.start_worker()
         self._crossing(o.kill_at)
         self._crossing(o.term_at)
         limits = httpx.Limits(max_connections=o.concurrency + 16)
+        once = httpx.Limits(max_connections=o.concurrency + 16, max_keepalive_connections=0)
         async with (
             httpx.AsyncClient(timeout=15.0, limits=limits) as client,
+            httpx.AsyncClient(timeout=15.0, limits=once) as fresh,
             trio.open_nursery() as chaos,
         ):
             chaos.start_soon(self.monkey)
@@ -513,7 +491,7 @@ class Chaos:
             async with trio.open_nursery() as senders:
                 for index in range(o.rollouts):
                     await limiter.acquire_on_behalf_of(index)
-                    senders.start_soon(self.one, client, index, limiter)
+                    senders.start_soon(self.one, (client, fresh), index, limiter)
             self.events["last init"] = time.time()
             o.echo(f"inits done: {len(self.accepted)} accepted; waiting for the last results")
             with trio.move_on_at(self.last_init + o.settle):
@@ -527,19 +505,51 @@ class Chaos:
                 with trio.move_on_after(o.settle):
                     await self.monkey_done.wait()
             await trio.sleep(o.quiet)
-            for worker in self.live():
-                try:
-                    worker.health = (await client.get(f"{worker.url}/health")).json()
-                except (httpx.HTTPError, ValueError):
-                    worker.health = {}
+            await self.final_health(fresh)
             chaos.cancel_scope.cancel()
         async with trio.open_nursery() as stoppers:
             for worker in self.live():
                 stoppers.start_soon(self._stop_worker, worker)
+        self.kill_left_running()
+
+    async def final_health(self, fresh: httpx.AsyncClient) -> None:
+        """``GET /health`` of each live process; in the workers layout, on new connections
+        until each of the parent's workers answered (at most 20 tries per worker)."""
+        per_url = self.options.servers if self.options.layout == "workers" else 1
+        for worker in self.live():
+            answered: set[str] = set()
+            for _ in range(20 * per_url):
+                try:
+                    health = (await fresh.get(f"{worker.url}/health")).json()
+                    answered.add(str(health["worker"]))
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    continue
+                self.health[str(health["worker"])] = health
+                with contextlib.suppress(ValueError):
+                    self.seen.setdefault(_pid(str(health["worker"])), str(health["worker"]))
+                if len(answered) >= per_url:
+                    break
 
     async def _stop_worker(self, worker: Worker) -> None:
         worker.live, worker.fate = False, "stopped at the end"
         worker.exit_status = await _stop(worker.process, PROCESS_TIMEOUT)
+
+    def kill_left_running(self) -> None:
+        """The workers layout, once the parent exited: SIGKILL any of its workers still
+        running (none should be: the parent waits for them) and note their pids."""
+        if self.options.layout != "workers" or not self.workers:
+            return
+        if self.workers[0].process.returncode is None:
+            return
+        for match in WORKER_STARTED.finditer(self.workers[0].log.read_text(errors="replace")):
+            pid = int(match["pid"])
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue  # gone
+            if b"--listen-fd" in command and self.store_url.encode() in command:
+                os.kill(pid, signal.SIGKILL)
+                self.left_running.append(pid)
 
     # -- the tally
 
@@ -581,13 +591,27 @@ class Chaos:
         ran_twice = sorted(i for i, n in runs.items() if n > 1)
         killed = self.events.get("sigkill")
         health_sums: collections.Counter[str] = collections.Counter()
-        for worker in self.workers:
+        for health in self.health.values():
             for key in ("lost_results", "internal_errors", "taken_over", "superseded_results"):
-                value = worker.health.get(key)
+                value = health.get(key)
                 if isinstance(value, int):
                     health_sums[key] += value
+        workers = [
+            {
+                "name": w.name,
+                "url": w.url,
+                "worker": w.worker_id,
+                "fate": w.fate,
+                "exit_status": w.exit_status,
+                "log_error_lines": log_errors.get(w.name, 0),
+            }
+            for w in self.workers
+        ]
+        if self.options.layout == "workers":
+            workers += self.children()
         report: dict[str, Any] = {
             "store": self.options.store,
+            "layout": self.options.layout,
             "rollouts": self.options.rollouts,
             "concurrency": self.options.concurrency,
             "seed": self.options.seed,
@@ -618,18 +642,11 @@ class Chaos:
                 round(max(orphan_arrivals) - killed, 3) if orphan_arrivals and killed else None
             ),
             "faults": dict(self.injector.counts),
-            "workers": [
-                {
-                    "name": w.name,
-                    "url": w.url,
-                    "worker": w.worker_id,
-                    "fate": w.fate,
-                    "exit_status": w.exit_status,
-                    "log_error_lines": log_errors.get(w.name, 0),
-                }
-                for w in self.workers
-            ],
+            "workers": workers,
+            "worker_processes_started": len(workers) - (self.options.layout == "workers"),
+            "worker_processes_left_running": self.left_running,
             "health_at_end": dict(health_sums),
+            "health_at_end_workers": len(self.health),
             "events": {k: round(v - self.events["first init"], 3) for k, v in self.events.items()},
             "elapsed_s": round(elapsed, 3),
         }
@@ -638,8 +655,39 @@ class Chaos:
             and report["duplicates"] == 0
             and report["max_runs_per_id"] <= 1
             and report["accepted"] > 0
+            and (self.options.layout != "workers" or self.workers[0].exit_status == 0)
         )
         return report
+
+    def children(self) -> list[dict[str, Any]]:
+        """The workers layout: the parent's workers, from its log lines, as report entries.
+        Once stopping, the parent logs a worker's exit only when it is not 0, and exits 0
+        only when every worker exited 0: a worker with no such line exited 0 then."""
+        parent = self.workers[0]
+        text = parent.log.read_text(errors="replace")
+        rows: dict[int, dict[str, Any]] = {}
+        for match in WORKER_STARTED.finditer(text):
+            pid = int(match["pid"])
+            rows[pid] = {
+                "name": f"worker {match['index']} (pid {pid})",
+                "url": parent.url,
+                "worker": self.seen.get(pid, ""),
+                "fate": self.struck.get(pid, "running"),
+                "exit_status": None,
+                "log_error_lines": None,  # in the parent's log
+            }
+        for match in WORKER_EXITED.finditer(text):
+            row = rows.get(int(match["pid"]))
+            if row is None:
+                continue
+            row["exit_status"] = int(match["code"])
+            if row["fate"] == "running":
+                row["fate"] = "exited unasked" if match["restarted"] else "stopped at the end"
+        for row in rows.values():
+            if row["fate"] == "running" and parent.fate == "stopped at the end":
+                row["fate"] = "stopped at the end"
+                row["exit_status"] = 0 if parent.exit_status == 0 else None
+        return list(rows.values())
 
 
 async def run(options: Options) -> dict[str, Any]:
@@ -664,11 +712,11 @@ async def run(options: Options) -> dict[str, Any]:
                 store_url = options.redis_url
             else:
                 store_url = await start_redis(workdir, processes)
-            injector = _Injector(options, counts)
-            results = _TimedResults()
+            injector = Injector(options, counts)
+            results = TimedResults()
             trainer = MockTrainer(
-                chat_faults=_DrawnFaults(injector.chat),
-                completed_faults=_DrawnFaults(injector.completed),
+                chat_faults=DrawnFaults(injector.chat),
+                completed_faults=DrawnFaults(injector.completed),
                 results=results,
             )
             injector.trainer = trainer
@@ -692,6 +740,7 @@ async def run(options: Options) -> dict[str, Any]:
                 with trio.CancelScope(shield=True):
                     for process in processes:
                         await _stop(process, 10.0)
+                chaos.kill_left_running()
             report = chaos.tally(trio.current_time() - started)
             nursery.cancel_scope.cancel()
     finally:
@@ -710,16 +759,22 @@ async def run(options: Options) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     """The figures, one per line."""
     keys = [
-        "store", "accepted", "not_accepted", "results_received", "result_bodies_received",
+        "store", "layout", "accepted", "not_accepted", "results_received", "result_bodies_received",
         "lost", "duplicates", "redelivered", "max_runs_per_id", "ids_run_more_than_once",
         "orphan_results", "sigkill_to_last_orphan_s", "inits_resent", "init_failures",
-        "result_statuses", "faults", "health_at_end", "elapsed_s", "passed",
+        "result_statuses", "faults", "health_at_end", "worker_processes_left_running",
+        "elapsed_s", "passed",
     ]  # fmt: skip
     lines = [f"{key:>26}: {report.get(key)}" for key in keys]
     for worker in report.get("workers", []):
         lines.append(
-            f"{worker['name']:>26}: {worker['fate']}, exit {worker['exit_status']},"
-            f" {worker['log_error_lines']} error lines ({worker['worker']})"
+            f"{worker['name']:>26}: {worker['fate']}, exit {worker['exit_status']}"
+            + (
+                f", {worker['log_error_lines']} error lines"
+                if worker["log_error_lines"] is not None
+                else ""
+            )
+            + f" ({worker['worker']})"
         )
     if report.get("workdir"):
         lines.append(f"{'work directory (kept)':>26}: {report['workdir']}")
@@ -735,6 +790,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="processes",
+        help="separate processes, or one `rollout serve --workers` (sqlite or redis)",
+    )
     parser.add_argument("--rollouts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=128, help="rollouts outstanding")
     parser.add_argument("--seed", type=int, default=0)
@@ -750,6 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = Options(
         store=args.store,
+        layout=args.layout,
         rollouts=args.rollouts,
         concurrency=args.concurrency,
         seed=args.seed,

@@ -1,8 +1,9 @@
 """The chaos run of benchmarks/chaos.py, short: ~150 rollouts over three server processes
-sharing one store, with trainer faults, connection resets, a 503 window on results, one
-SIGKILL and one SIGTERM. Every accepted rollout gets exactly one result and runs once.
+sharing one store (or the three workers of one ``rollout serve --workers 3``), with trainer
+faults, connection resets, a 503 window on results, one SIGKILL and one SIGTERM. Every
+accepted rollout gets exactly one result and runs once.
 
-The full run: ``nox -s chaos`` (2000 rollouts, Redis then SQLite)."""
+The full run: ``nox -s chaos`` (2000 rollouts: Redis, SQLite, then SQLite with --workers)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,20 @@ def _load_chaos() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("store", ["redis", "sqlite"])
+@pytest.mark.parametrize(
+    ("store", "layout"),
+    [("redis", "processes"), ("sqlite", "processes"), ("sqlite", "workers")],
+    ids=["redis", "sqlite", "sqlite-workers"],
+)
 async def test_every_accepted_rollout_gets_exactly_one_result(
-    store: str, tmp_path: Path, request: pytest.FixtureRequest
+    store: str, layout: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     chaos = _load_chaos()
     # The Redis fixture skips without redis-server, except on CI (CI set), where it fails.
     redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
     options = chaos.Options(
         store=store,
+        layout=layout,
         rollouts=150,
         concurrency=48,
         seed=7,
@@ -58,3 +64,8 @@ async def test_every_accepted_rollout_gets_exactly_one_result(
     assert [w["fate"] for w in report["workers"]].count("SIGTERM") == 1, summary
     sigterm = next(w for w in report["workers"] if w["fate"] == "SIGTERM")
     assert sigterm["exit_status"] == 0, summary
+    if layout == "workers":  # the parent replaced both, then drained every worker and exited 0
+        parent = report["workers"][0]
+        assert (parent["name"], parent["exit_status"]) == ("parent", 0), summary
+        assert report["worker_processes_started"] == 3 + 2, summary
+        assert report["worker_processes_left_running"] == [], summary

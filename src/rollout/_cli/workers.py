@@ -95,7 +95,12 @@ async def _supervise(
                 stop(signal.SIGTERM)
                 return
             if code == 0:  # it drained and stopped by itself (a signal sent to it alone)
-                log.warning("worker %d (pid %d) stopped; starting a new one", index, process.pid)
+                log.warning(
+                    "worker %d (pid %d) exited with 0; starting a new one (it had drained"
+                    " on a signal of its own)",
+                    index,
+                    process.pid,
+                )
             else:
                 log.error(
                     "worker %d (pid %d) exited with %d; starting a new one (the others take"
