@@ -19,6 +19,7 @@ from ._cli.common import (
     checked_agent,
     configure_logging,
     group_size_option,
+    raise_open_files_limit,
 )
 from ._cli.eval import eval_command
 from ._cli.local import test_command
@@ -186,6 +187,7 @@ def serve_command(
     docs/SECURITY.md).
     """
     configure_logging(log_level, log_format)
+    raise_open_files_limit()
     agent = checked_agent(agent_ref)
     if reload and workers > 1:
         raise click.UsageError("--reload serves one process: leave out --workers")

@@ -83,11 +83,9 @@ class ServerConfig:
       :mod:`rollout._policy`); empty allows any trainer but link-local and metadata
       addresses, which are always refused unless listed.
     - ``max_tool_threads``: worker threads for sync tools, across all rollouts.
-    - ``max_connections``: the pooled HTTP client's connection limit towards trainers.
-    - ``max_keepalive_connections``: idle connections it keeps open. Small on purpose:
-      httpcore polls every pooled connection on each request, so at 64 concurrent rollouts
-      keeping 64 alive cost twice the CPU of keeping 16 (``nox -s bench``). Raise it for
-      trainers behind TLS, where a new connection costs a handshake.
+    - ``max_connections``: connections to trainers at most, all trainers together (None:
+      no limit: every outstanding chat call or delivery has its own connection, so the
+      trainer sees every rollout's call at once; idle ones are kept 30 s for reuse).
     - ``chat_retry`` / ``delivery_retry``: see :class:`RetryPolicy`.
     """
 
@@ -111,8 +109,9 @@ class ServerConfig:
         default=(), converter=_entries, validator=_valid_allow_list
     )
     max_tool_threads: int = attrs.field(default=16, validator=_positive)
-    max_connections: int = attrs.field(default=256, validator=_positive)
-    max_keepalive_connections: int = attrs.field(default=16, validator=attrs.validators.ge(0))
+    max_connections: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
     chat_retry: RetryPolicy = RetryPolicy(
         attempts=5, request_timeout=300.0, wait_initial=0.5, wait_max=10.0
     )

@@ -44,6 +44,6 @@ async def test_json_lines_with_rollout_ids(trainer: Trainer, tmp_path: Path) -> 
     assert all({"event", "level", "logger", "timestamp"} <= line.keys() for line in lines)
     (done,) = [line for line in lines if line["event"].startswith("rollout r-1: COMPLETED")]
     assert done["rollout_id"] == "r-1"
-    assert done["logger"] == "rollout.supervisor"
+    assert done["logger"] == "rollout.lifecycle"
     listening = [line for line in lines if "listening on" in line["event"]]
     assert "rollout_id" not in listening[0]

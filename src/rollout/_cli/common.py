@@ -24,6 +24,7 @@ __all__ = [
     "configure_logging",
     "group_size_option",
     "load_agent",
+    "raise_open_files_limit",
 ]
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
@@ -109,3 +110,20 @@ agent_option = click.option(
     show_default=True,
     help="The agent, as module:name.",
 )
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's open-files limit to its hard limit: every rollout's chat call
+    holds a connection, and 1024 (a common soft limit) would cap rollouts in flight."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return
+        logging.getLogger("rollout").debug("open files limit: %d (was %d)", target, soft)

@@ -33,6 +33,7 @@ from .. import _json as _jsonlib
 from .._store import Store, StoreError
 from .._trainer.client import TrainerClient
 from .._trainer.policy import PolicyBackend, TrainerPolicy
+from .._trainer.pool import ShardedPool
 from .._wire import codec
 from .._wire.models import InitRequest
 from .._wire.sync import parse_sync_request
@@ -52,6 +53,8 @@ __all__ = ["create_app", "supervisor_of"]
 log = logging.getLogger("rollout.app")
 
 _SUPERVISOR = "rollout.supervisor"
+#: How long an idle connection to a trainer is kept for reuse, seconds.
+_KEEPALIVE_SECONDS = 30.0
 #: Init bodies larger than this (bytes) are decoded and validated in a worker thread.
 _PARSE_IN_THREAD_BYTES = 256 * 1024
 
@@ -119,13 +122,8 @@ def create_app(
 
     @app.before_serving
     async def start() -> None:
-        limits = httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_keepalive_connections,
-        )
         http = httpx.AsyncClient(
-            limits=limits,
-            transport=transport or _policed_transport(policy, limits),
+            transport=transport or _policed_transport(policy, config.max_connections),
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment would bypass the trainer policy
         )
@@ -349,20 +347,29 @@ def _version() -> str:
         return "0"
 
 
-def _policed_transport(policy: TrainerPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, with a connection pool whose network backend applies ``policy``
-    to every address it connects to (:class:`~rollout._policy.PolicyBackend`).
+def _policed_transport(
+    policy: TrainerPolicy, max_connections: int | None
+) -> httpx.AsyncHTTPTransport:
+    """httpx's transport over a :class:`~rollout._trainer.pool.ShardedPool` of httpcore
+    pools whose network backend applies ``policy`` to every address it connects to
+    (:class:`~rollout._trainer.policy.PolicyBackend`).
 
-    httpx has no public hook for a network backend, so the pool is built as
-    ``AsyncHTTPTransport`` builds it (httpx 0.28) and put in its place; a test checks that
-    the policy holds at connect time, so a change of httpx cannot silently drop it.
+    httpx has no public hook for a network backend or a pool, so the pool is put in place
+    of the one ``AsyncHTTPTransport`` builds (httpx 0.28); a test checks that the policy
+    holds at connect time, so a change of httpx cannot silently drop it.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=transport._pool._ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=PolicyBackend(policy),
-    )
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    ssl_context = transport._pool._ssl_context
+    backend = PolicyBackend(policy)
+
+    def make_pool(size: int) -> httpcore.AsyncConnectionPool:
+        return httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=size,
+            max_keepalive_connections=size,
+            keepalive_expiry=_KEEPALIVE_SECONDS,
+            network_backend=backend,
+        )
+
+    transport._pool = ShardedPool(make_pool, max_connections=max_connections)  # type: ignore[assignment]
     return transport

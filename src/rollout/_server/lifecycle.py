@@ -56,6 +56,7 @@ __all__ = [
     "RunControl",
     "encode_result",
     "internal_error_result",
+    "log_result",
     "orphan_result",
     "outcome_of",
     "run_rollout",
@@ -303,3 +304,24 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def log_result(result: RolloutResult) -> None:
+    """One line per result: INFO when it has no error message, WARNING otherwise."""
+    if result.error_message is None:
+        log.info(
+            "rollout %s: %s (%s) reward=%s turns=%d",
+            result.rollout_id,
+            result.status.value,
+            result.finish_reason.value,
+            result.reward,
+            result.metrics.num_llm_calls,
+        )
+    else:
+        log.warning(
+            "rollout %s: %s (%s): %s",
+            result.rollout_id,
+            result.status.value,
+            result.finish_reason.value,
+            result.error_message,
+        )

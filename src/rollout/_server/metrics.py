@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import trio
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -126,6 +127,13 @@ class ServerMetrics:
         self.results.labels(result.status.value, result.finish_reason.value).inc()
         self.rollout_seconds.observe(result.metrics.total_latency_ms / 1000)
         self.tool_seconds.observe(result.metrics.tool_latency_ms / 1000)
+
+    async def keep_observing(self, interval: float = 1.0) -> None:
+        """:meth:`observe` every ``interval`` seconds, so that the other workers'
+        ``/metrics`` see this one's gauges (multiprocess mode); runs until cancelled."""
+        while True:
+            self.observe()
+            await trio.sleep(interval)
 
     def render(self) -> bytes:
         """The text format: this server's figures, or every worker's in multiprocess mode."""

@@ -48,6 +48,7 @@ from .lifecycle import (
     RunControl,
     encode_result,
     internal_error_result,
+    log_result,
     orphan_result,
     outcome_of,
     run_rollout,
@@ -141,7 +142,7 @@ class Supervisor:
                     await nursery.start(self.traces.run)
                 nursery.start_soon(self.leases.run, name="lease")
                 if self.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-                    nursery.start_soon(self._observe_metrics, self.metrics)
+                    nursery.start_soon(self.metrics.keep_observing)
                 task_status.started()
                 started = True
                 with trio.CancelScope(shield=True):  # take over what a stop left, now
@@ -163,13 +164,6 @@ class Supervisor:
             await self.leases.renew_once()
         except StoreError as exc:
             log.error("store: %s", exc)
-
-    @staticmethod
-    async def _observe_metrics(metrics: ServerMetrics) -> None:
-        """Refresh this worker's gauges for the others' ``/metrics`` (multiprocess mode)."""
-        while True:
-            metrics.observe()
-            await trio.sleep(1.0)
 
     def _room(self) -> int:
         """How many rollouts of stopped workers this one may take over now."""
@@ -250,7 +244,7 @@ class Supervisor:
             self.internal_errors += 1
             log.exception("rollout %s: internal error", request.rollout_id)
             result = internal_error_result(request, exc)
-        _log_result(result)
+        log_result(result)
         if self.metrics is not None:
             self.metrics.result(result)
         return result
@@ -410,23 +404,3 @@ class Supervisor:
             "store": self.store.description,
             "draining": self._draining,
         }
-
-
-def _log_result(result: RolloutResult) -> None:
-    if result.error_message is None:
-        log.info(
-            "rollout %s: %s (%s) reward=%s turns=%d",
-            result.rollout_id,
-            result.status.value,
-            result.finish_reason.value,
-            result.reward,
-            result.metrics.num_llm_calls,
-        )
-    else:
-        log.warning(
-            "rollout %s: %s (%s): %s",
-            result.rollout_id,
-            result.status.value,
-            result.finish_reason.value,
-            result.error_message,
-        )
