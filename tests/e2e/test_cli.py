@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -16,20 +17,25 @@ from conftest import PROCESS_TIMEOUT
 README = Path(__file__).parents[2] / "README.md"
 
 
-async def _rollout(*args: str) -> tuple[int, str]:
+async def _rollout(*args: str, store: str = "memory") -> tuple[int, str]:
+    env = {**os.environ, "ROLLOUT_SERVER_STORE": store}
     with trio.fail_after(PROCESS_TIMEOUT):
         done = await trio.run_process(
-            [sys.executable, "-m", "rollout", *args], capture_stderr=True, check=False
+            [sys.executable, "-m", "rollout", *args], capture_stderr=True, check=False, env=env
         )
     return done.returncode, done.stderr.decode()
 
 
-async def test_a_port_in_use_is_a_clear_error() -> None:
+async def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """With the SQLite store too: its writer, cancelled with the server, must not leave a
+    caller waiting (the server once hung here instead of exiting)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, stderr = await _rollout("serve", "--host", "127.0.0.1", "--port", str(port))
+        code, stderr = await _rollout(
+            "serve", "--host", "127.0.0.1", "--port", str(port), store=f"sqlite:{tmp_path}/s.db"
+        )
 
     assert code == 1
     assert f"Error: cannot listen on 127.0.0.1:{port}" in stderr

@@ -30,7 +30,7 @@ import trio
 
 from .. import _json
 from .._json import JSON
-from .._store import Claimed, NewRollout, Store, StoreError
+from .._store import SHIELDED_CALL_SECONDS, Claimed, NewRollout, Store, StoreError
 from .._wire import codec
 from .._wire.models import InitRequest, InitResponse
 from ..config import ServerConfig
@@ -124,13 +124,17 @@ class Admission:
             request.api_key,
             _json.dumps([codec.unstructure_message(m) for m in request.messages]),
         )
+        claimed = None
         try:
             # Shielded: a claim made in the store must be run, even if the caller left.
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(SHIELDED_CALL_SECONDS, shield=True):
                 claimed = await self._store_call(self.store.claim(new, self.owner))
         except BaseException:
             control.enter(Phase.DONE)
             raise
+        if claimed is None:
+            control.enter(Phase.DONE)
+            raise Unavailable("the rollout store did not answer in time; retry later")
         if not claimed.new:
             control.enter(Phase.DONE)
             return self._same(claimed, digest), None

@@ -22,7 +22,7 @@ from collections.abc import Awaitable
 import attrs
 import trio
 
-from .._store import Outcome, Progress, Store, StoredPhase, StoreError
+from .._store import SHIELDED_CALL_SECONDS, Outcome, Progress, Store, StoredPhase, StoreError
 from .._trainer.client import TrainerClient, redact_url
 from ..errors import TrainerError, TrainerHTTPError, TrainerTransportError
 
@@ -68,19 +68,19 @@ class Delivery:
         self, pending: PendingResult, outcome: Outcome, progress: Progress | None = None
     ) -> Kept:
         """Write the result ahead of its delivery, with its final ``progress``."""
-        with trio.CancelScope(shield=True):
+        kept: bool | None = None
+        with trio.move_on_after(SHIELDED_CALL_SECONDS, shield=True):
             try:
                 kept = await self.store.keep_result(
                     pending.rollout_id, self.owner, pending.result, outcome, progress
                 )
             except StoreError as exc:
                 log.error(
-                    "rollout %s: cannot keep its result in the store (%s); delivering it"
-                    " from memory",
-                    pending.rollout_id,
-                    exc,
+                    "rollout %s: cannot keep its result in the store (%s)", pending.rollout_id, exc
                 )
-                return Kept.UNKEPT
+        if kept is None:  # failed, or no answer in time: deliver it all the same
+            log.error("rollout %s: delivering its result from memory", pending.rollout_id)
+            return Kept.UNKEPT
         if not kept:
             self.superseded_results += 1
             log.warning(
@@ -127,7 +127,7 @@ class Delivery:
         return True
 
     async def _shielded(self, change: Awaitable[None]) -> None:
-        with trio.CancelScope(shield=True):
+        with trio.move_on_after(SHIELDED_CALL_SECONDS, shield=True):
             try:
                 await change
             except StoreError as exc:  # delivered twice at worst: the same payload

@@ -145,8 +145,7 @@ class Supervisor:
                     nursery.start_soon(self.metrics.keep_observing)
                 task_status.started()
                 started = True
-                with trio.CancelScope(shield=True):  # take over what a stop left, now
-                    await self._renew_quietly()
+                await self._renew_quietly()  # take over what a stop left, now
                 await self._drained.wait()
                 nursery.cancel_scope.cancel()  # only stragglers past every grace period
         except* Exception as group:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import (
+    SHIELDED_CALL_SECONDS,
     Claimed,
     NewRollout,
     Orphan,
@@ -22,6 +23,7 @@ from .base import (
 )
 
 __all__ = [
+    "SHIELDED_CALL_SECONDS",
     "Claimed",
     "NewRollout",
     "Orphan",

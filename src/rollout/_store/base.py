@@ -35,6 +35,7 @@ import attrs
 from ..errors import RolloutError
 
 __all__ = [
+    "SHIELDED_CALL_SECONDS",
     "Claimed",
     "NewRollout",
     "Orphan",
@@ -45,6 +46,11 @@ __all__ = [
     "StoredPhase",
     "StoredRollout",
 ]
+
+
+#: How long a shielded store call (one that must not be cut off by a shutdown) may take,
+#: seconds; past it the caller goes on as if the store had failed.
+SHIELDED_CALL_SECONDS = 30.0
 
 
 class StoreError(RolloutError):

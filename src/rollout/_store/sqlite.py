@@ -149,23 +149,40 @@ class SQLiteStore(Store):
         if self._queue is None:
             raise StoreError(f"store {self.path} is not open")
         op = _Op(work, args)
-        self._queue.send_nowait(op)
+        try:
+            self._queue.send_nowait(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StoreError(f"store {self.path} is closed") from None
         await op.done.wait()
         assert op.outcome is not None
         return op.outcome.unwrap()  # type: ignore[no-any-return]
 
     async def _writer(self, db: sqlite3.Connection, queue: trio.MemoryReceiveChannel[_Op]) -> None:
-        async for first in queue:
-            batch = [first]
-            while len(batch) < _BATCH:
+        """Commit what is queued, batch after batch. However it ends (the channel closed,
+        or cancelled with the store's user), no caller is left waiting: what is still
+        queued fails with StoreError, and later operations are refused."""
+        try:
+            async for first in queue:
+                batch = [first]
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(queue.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                with trio.CancelScope(shield=True):  # a batch begun is a batch committed
+                    await trio.to_thread.run_sync(self._commit, db, batch)
+                for op in batch:
+                    op.done.set()
+        finally:
+            closed = outcome.Error(StoreError(f"store {self.path} is closed"))
+            while True:  # no checkpoint in here: nothing is queued meanwhile
                 try:
-                    batch.append(queue.receive_nowait())
+                    op = queue.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            with trio.CancelScope(shield=True):  # a batch begun is a batch committed
-                await trio.to_thread.run_sync(self._commit, db, batch)
-            for op in batch:
+                op.outcome = closed
                 op.done.set()
+            queue.close()
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run ``batch`` in one transaction, each operation in a savepoint (worker thread)."""
