@@ -81,8 +81,21 @@ def chat_request(
     body["logprobs"] = params.logprobs
     body.update(thaw_object(params.extra))
     if tools:
-        body["tools"] = [thaw(t) for t in tools]
+        body["tools"] = _thawed_tools(tools)
     return body
+
+
+#: The last tool list thawed, by identity: an agent's schemas are the same on every turn.
+_TOOLS_CACHE: dict[int, tuple[Sequence[Mapping[str, JSON]], list[JSON]]] = {}
+
+
+def _thawed_tools(tools: Sequence[Mapping[str, JSON]]) -> list[JSON]:
+    cached = _TOOLS_CACHE.get(id(tools))
+    if cached is None or cached[0] is not tools:
+        cached = (tools, [thaw(t) for t in tools])
+        _TOOLS_CACHE.clear()  # one agent per server: keep one entry
+        _TOOLS_CACHE[id(tools)] = cached
+    return cached[1]
 
 
 def openai_body(body: Mapping[str, JSON], model: str) -> dict[str, JSON]:

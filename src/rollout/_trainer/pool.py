@@ -3,16 +3,17 @@ as many as the calls outstanding need.
 
 A trainer's inference engine batches whatever calls are outstanding, so every rollout's
 call should be at the trainer at once, each on its own HTTP/1.1 connection. One httpcore
-pool does work proportional to its connections and queued requests on every request and
-every response closed; with thousands of connections that work dominates the server's CPU
-(docs/PERFORMANCE.md). :class:`ShardedPool` keeps each pool small instead: a request goes
-to the first pool with a free place (so idle kept-alive connections are reused first), and
-a new pool is made when all are busy. Each pool keeps all its connections alive, so a
-steady load reuses connections instead of opening one per call.
+pool does work quadratic in its connections on every request and every response closed;
+with hundreds of connections that work dominates the server's CPU (docs/PERFORMANCE.md).
+:class:`ShardedPool` keeps each pool small instead: a request goes to the first pool with a
+free place (so idle kept-alive connections are reused first), and a new pool is made when
+all are busy. Each pool keeps all its connections alive, so a steady load reuses
+connections instead of opening one per call.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import AsyncIterator, Callable
 
 import attrs
@@ -20,21 +21,28 @@ import httpcore
 
 __all__ = ["SHARD_SIZE", "ShardedPool"]
 
-#: Connections per pool: httpcore's per-request work grows with this.
-SHARD_SIZE = 128
+#: Connections per pool. httpcore 1.0's pool counts its idle connections once per
+#: connection on every request and every response closed (quadratic in its size), so small
+#: pools are cheapest: measured per request, 1.1 ms of CPU with pools of 16, 0.95 with 8,
+#: 0.83 with 4 (docs/PERFORMANCE.md).
+SHARD_SIZE = 4
 
 
 @attrs.define(eq=False)
 class _Shard:
+    index: int
     pool: httpcore.AsyncConnectionPool
     #: Requests sent through this pool whose response is not closed yet.
     active: int = 0
+    #: Whether it is in the heap of pools with room.
+    listed: bool = False
 
 
 class ShardedPool:
     """Pools made by ``make_pool(size)`` as needed, ``shard_size`` connections each, at most
     ``max_connections`` in all (None: no limit; past the limit, requests queue in the least
-    busy pool). Has the interface httpx's transport uses of its pool."""
+    busy pool). Has the interface httpx's transport uses of its pool. Finding a pool costs
+    O(log pools): those with room are kept in a heap by age, oldest first."""
 
     def __init__(
         self,
@@ -47,6 +55,7 @@ class ShardedPool:
         self._shard_size = shard_size
         self._max_connections = max_connections
         self._shards: list[_Shard] = []
+        self._with_room: list[tuple[int, _Shard]] = []  # a heap by index
 
     @property
     def pools(self) -> int:
@@ -54,25 +63,42 @@ class ShardedPool:
         return len(self._shards)
 
     def _pick(self) -> _Shard:
-        for shard in self._shards:
-            if shard.active < self._shard_size:
-                return shard
+        if self._with_room:
+            return self._with_room[0][1]
         room = self._max_connections
         if room is None or len(self._shards) * self._shard_size < room:
             size = self._shard_size if room is None else min(self._shard_size, room)
-            self._shards.append(_Shard(self._make_pool(size)))
-            return self._shards[-1]
+            shard = _Shard(len(self._shards), self._make_pool(size))
+            self._shards.append(shard)
+            self._list(shard)
+            return shard
         return min(self._shards, key=lambda shard: shard.active)
+
+    def _list(self, shard: _Shard) -> None:
+        if not shard.listed:
+            shard.listed = True
+            heapq.heappush(self._with_room, (shard.index, shard))
+
+    def _take(self, shard: _Shard) -> None:
+        shard.active += 1
+        if shard.active >= self._shard_size and shard.listed:
+            heapq.heappop(self._with_room)  # it was the top: _pick gives the top
+            shard.listed = False
+
+    def _give_back(self, shard: _Shard) -> None:
+        shard.active -= 1
+        if shard.active < self._shard_size:
+            self._list(shard)
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         shard = self._pick()
-        shard.active += 1
+        self._take(shard)
         try:
             response = await shard.pool.handle_async_request(request)
         except BaseException:
-            shard.active -= 1
+            self._give_back(shard)
             raise
-        response.stream = _Counted(response.stream, shard)
+        response.stream = _Counted(response.stream, self, shard)
         return response
 
     async def aclose(self) -> None:
@@ -83,8 +109,9 @@ class ShardedPool:
 class _Counted:
     """A response stream that gives its pool's place back when closed (once)."""
 
-    def __init__(self, stream: object, shard: _Shard) -> None:
+    def __init__(self, stream: object, owner: ShardedPool, shard: _Shard) -> None:
         self._stream = stream
+        self._owner = owner
         self._shard: _Shard | None = shard
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -93,6 +120,6 @@ class _Counted:
     async def aclose(self) -> None:
         shard, self._shard = self._shard, None
         if shard is not None:
-            shard.active -= 1
+            self._owner._give_back(shard)
         if hasattr(self._stream, "aclose"):
             await self._stream.aclose()
