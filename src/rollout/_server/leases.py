@@ -3,8 +3,8 @@ rollouts of workers whose lease ended (docs/PROTOCOL.md §5.3).
 
 Every ``lease_ttl / 3`` seconds :meth:`Leases.run` renews the lease (one write, whatever
 the number of rollouts: a rollout's lease is its owner's), learns which of this worker's
-rollouts were cancelled through another worker, writes a snapshot of each running rollout
-(turns, tokens, and the trajectory when it grew: what an orphan's result will carry), and —
+rollouts were cancelled through another worker, writes a snapshot of each rollout that made
+turns since (turns, tokens, the trajectory: what an orphan's result will carry), and —
 unless draining — takes over rollouts whose owner's lease ended, handing each to
 ``adopt``. A worker that dies stops renewing; ``lease_ttl`` seconds later the survivors
 take its rollouts over. A worker that stops cleanly releases its lease, so that what it
@@ -33,6 +33,8 @@ log = logging.getLogger("rollout.leases")
 
 #: Rollouts taken over per renewal at most (the rest wait for the next one, or for others).
 _TAKE_PER_ROUND = 256
+#: Trajectories encoded per renewal at most (each is JSON encoded on the event loop).
+_ENCODE_PER_ROUND = 256
 #: Expired records are swept every this many renewals.
 _SWEEP_EVERY = 20
 
@@ -90,7 +92,7 @@ class Leases:
         self._adopt = adopt
         self._room = room
         self._draining = draining
-        self._saved: dict[str, tuple[int, Phase]] = {}  # rollout_id -> turns, phase
+        self._saved: dict[str, int] = {}  # rollout_id -> turns in the last snapshot
         self._failing = False
         #: Rollouts taken over from other workers by this one.
         self.taken_over = 0
@@ -140,17 +142,20 @@ class Leases:
             await self.store.sweep()
 
     def _snapshots(self) -> list[Progress]:
-        """Snapshots of the rollouts whose turns or phase changed since the last round."""
-        snapshots = []
+        """Snapshots (with the trajectory) of the rollouts that made turns since the last
+        round, at most ``_ENCODE_PER_ROUND`` of them (the others wait for the next round):
+        each is encoded on the event loop and written in one transaction. A rollout still
+        at turn 0 needs none: the store has its init's messages from the claim."""
+        snapshots: list[Progress] = []
         saved, self._saved = self._saved, {}
         for rollout_id, control in list(self._local.items()):
             if control.phase not in (Phase.QUEUED, Phase.RUNNING) or control.context is None:
                 continue
-            now = (control.context.turns, control.phase)
-            self._saved[rollout_id] = now
-            before = saved.get(rollout_id)
-            if now != before:
-                grew = before is None or now[0] != before[0]
-                if (snapshot := progress_of(rollout_id, control, messages=grew)) is not None:
-                    snapshots.append(snapshot)
+            turns, before = control.context.turns, saved.get(rollout_id, 0)
+            if turns == before or len(snapshots) >= _ENCODE_PER_ROUND:
+                self._saved[rollout_id] = before
+                continue
+            self._saved[rollout_id] = turns
+            if (snapshot := progress_of(rollout_id, control, messages=True)) is not None:
+                snapshots.append(snapshot)
         return snapshots
