@@ -83,7 +83,9 @@ async def _supervise(
             code = await process.wait()
             _mark_dead(process.pid, metrics_dir)
             if stopping:
-                if code != 0:
+                # -SIGTERM/-SIGINT: our signal reached it before it could listen (a worker
+                # opens its signal receiver before it listens), so it served nothing.
+                if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                     failed = True
                     log.error("worker %d (pid %d) exited with %d", index, process.pid, code)
                 return

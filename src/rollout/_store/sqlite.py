@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
 );
 CREATE INDEX IF NOT EXISTS rollouts_active ON rollouts(owner) WHERE expires_at IS NULL;
 CREATE INDEX IF NOT EXISTS rollouts_expiry ON rollouts(expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS rollouts_cancel ON rollouts(owner)
+    WHERE cancel_requested = 1 AND expires_at IS NULL;
 CREATE TABLE IF NOT EXISTS leases (owner TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 

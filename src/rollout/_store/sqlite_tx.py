@@ -177,17 +177,26 @@ def renew(db: sqlite3.Connection, now: float, owner: str, ttl: float) -> frozens
 
 
 def release(db: sqlite3.Connection, now: float, owner: str) -> None:
-    db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+    # Ended, not forgotten: take_orphans finds a stopped worker's rollouts by its lease.
+    db.execute("UPDATE leases SET until = 0 WHERE owner = ?", (owner,))
 
 
 def take_orphans(db: sqlite3.Connection, now: float, owner: str, limit: int) -> list[Orphan]:
+    # The owners whose lease ended (few), then their rollouts by the owner index: never a
+    # scan of every rollout in flight, which would hold up the claims queued behind it.
+    lost = [
+        row[0]
+        for row in db.execute(
+            "SELECT owner FROM leases WHERE until <= ? AND owner != ?", (now, owner)
+        )
+    ]
+    lost.append("")  # results released for another try
+    marks = ", ".join("?" * len(lost))
     rows = db.execute(
         "SELECT rollout_id, owner, server_url, api_key, digest, idempotency_key, result,"
         " messages, turns, prompt_tokens, completion_tokens, created_at FROM rollouts"
-        " WHERE expires_at IS NULL AND owner != ?"
-        " AND owner NOT IN (SELECT owner FROM leases WHERE until > ?)"
-        " ORDER BY created_at LIMIT ?",
-        (owner, now, limit),
+        f" WHERE expires_at IS NULL AND owner IN ({marks}) LIMIT ?",
+        (*lost, limit),
     ).fetchall()
     orphans = []
     for row in rows:

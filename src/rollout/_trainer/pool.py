@@ -39,7 +39,8 @@ class _Shard:
 
 
 class ShardedPool:
-    """Pools made by ``make_pool(size)`` as needed, ``shard_size`` connections each, at most
+    """Pools made by ``make_pool(size)`` as needed, ``shard_size`` connections each
+    (default :data:`SHARD_SIZE`), at most
     ``max_connections`` in all (None: no limit; past the limit, requests queue in the least
     busy pool). Has the interface httpx's transport uses of its pool. Finding a pool costs
     O(log pools): those with room are kept in a heap by age, oldest first."""
@@ -48,11 +49,11 @@ class ShardedPool:
         self,
         make_pool: Callable[[int], httpcore.AsyncConnectionPool],
         *,
-        shard_size: int = SHARD_SIZE,
+        shard_size: int | None = None,
         max_connections: int | None = None,
     ) -> None:
         self._make_pool = make_pool
-        self._shard_size = shard_size
+        self._shard_size = shard_size or SHARD_SIZE
         self._max_connections = max_connections
         self._shards: list[_Shard] = []
         self._with_room: list[tuple[int, _Shard]] = []  # a heap by index
