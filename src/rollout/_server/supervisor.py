@@ -262,21 +262,22 @@ class Supervisor:
         rollout_id = orphan.rollout_id
         structlog.contextvars.bind_contextvars(rollout_id=rollout_id)
         try:
-            outcome = None
-            body, kept = orphan.result, Kept.KEPT
-            if body is None:
-                result = orphan_result(orphan, time.time())
-                log.warning("rollout %s: %s", rollout_id, result.error_message)
-                body, outcome = encode_result(result), outcome_of(result)
-                pending = PendingResult(rollout_id, orphan.server_url, body, orphan.api_key)
-                kept = await self.delivery.keep(pending, outcome)
-                if kept is Kept.SUPERSEDED:
-                    return
-                if self.metrics is not None:
-                    self.metrics.result(result)
-            else:
+            if orphan.result is not None:  # written, not acknowledged: deliver it as is
                 log.info("rollout %s: delivering the result %s left", rollout_id, orphan.lost_owner)
-            pending = PendingResult(rollout_id, orphan.server_url, body, orphan.api_key)
+                left = PendingResult(rollout_id, orphan.server_url, orphan.result, orphan.api_key)
+                await self.delivery.deliver(left, None, kept=True)
+                return
+            result = orphan_result(orphan, time.time())
+            log.warning("rollout %s: %s", rollout_id, result.error_message)
+            outcome = outcome_of(result)
+            pending = PendingResult(
+                rollout_id, orphan.server_url, encode_result(result), orphan.api_key
+            )
+            kept = await self.delivery.keep(pending, outcome)
+            if kept is Kept.SUPERSEDED:
+                return
+            if self.metrics is not None:
+                self.metrics.result(result)
             await self.delivery.deliver(pending, outcome, kept=kept is Kept.KEPT)
         except Exception:
             self.internal_errors += 1

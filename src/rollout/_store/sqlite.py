@@ -99,7 +99,6 @@ class SQLiteStore(Store):
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
         self._queue: trio.MemorySendChannel[_Op] | None = None
 
     @property
@@ -118,14 +117,13 @@ class SQLiteStore(Store):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, db, receive)
-                self._db, self._queue = db, send
+                self._queue = send
                 try:
                     yield
                 finally:
                     self._queue = None
                     send.close()  # the writer finishes what is queued, then returns
         finally:
-            self._db = None
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close)
 
