@@ -71,3 +71,20 @@ async def test_the_readme_agent_is_served_from_the_current_directory(tmp_path: P
         process.terminate()
 
     assert b"(agent weather," in output
+
+
+async def test_a_store_that_cannot_be_used_is_one_clear_line(tmp_path: Path) -> None:
+    open_to_others = tmp_path / "shared.db"
+    open_to_others.touch()
+    open_to_others.chmod(0o644)
+    for store, expected in [
+        ("postgres://user:hunter2@db/x", "unknown store 'postgres'"),
+        ("redis://:hunter2@127.0.0.1:9/0", "store redis://***@127.0.0.1:9/0"),
+        (f"sqlite:{open_to_others}", "chmod 600"),
+        ("sqlite:", "needs a path"),
+    ]:
+        code, stderr = await _rollout("serve", "--port", "0", store=store)
+        assert code == 1, stderr
+        assert expected in stderr
+        assert "Traceback" not in stderr
+        assert "hunter2" not in stderr
