@@ -5,8 +5,10 @@ where there are two cores); this process (core 0) sends ``--requests`` POSTs,
 ``--concurrency`` at a time, through each client, after a warm-up, and prints the CPU time
 it spent per request (microseconds) and the requests per second:
 
-- our ``TrainerClient.chat`` (httpx over the sharded pools, retries, strict JSON, size cap);
 - httpx ``AsyncClient.post`` over the sharded pools, at pool sizes 16, 8 and 4;
+- httpx's transport called directly, without a client (what ``TrainerClient`` does);
+- our ``TrainerClient.chat`` on it (retries, strict JSON, size cap, events);
+- httpcore alone over the same sharded pools;
 - httpx with one pool and no limits;
 - a minimal keep-alive h11 client (``benchmarks/_h11_trainer.ClientPool``): the floor.
 
@@ -24,16 +26,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
+import httpcore
 import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _h11_trainer import ClientPool
 
-from rollout._server.app import _policed_transport
 from rollout._trainer import pool as pools
 from rollout._trainer.client import TrainerClient
 from rollout._trainer.policy import TrainerPolicy
+from rollout._trainer.transport import policed_transport
 from rollout.config import ServerConfig
 
 _ANSWER = (
@@ -87,6 +90,42 @@ def _poster(http: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[object]
     return post
 
 
+def _sender(transport: httpx.AsyncBaseTransport, url: str) -> Callable[[], Awaitable[object]]:
+    content = json.dumps(_BODY).encode()
+    headers = {"content-type": "application/json"}
+
+    async def send() -> None:
+        request = httpx.Request("POST", url, content=content, headers=headers)
+        response = await transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+
+    return send
+
+
+def _plain_pool(size: int) -> httpcore.AsyncConnectionPool:
+    return httpcore.AsyncConnectionPool(max_connections=size, max_keepalive_connections=size)
+
+
+def _core_sender(pool: pools.ShardedPool, url: str) -> Callable[[], Awaitable[object]]:
+    content = json.dumps(_BODY).encode()
+    headers = [(b"host", httpx.URL(url).netloc), (b"content-type", b"application/json")]
+    headers.append((b"content-length", str(len(content)).encode()))
+
+    async def send() -> None:
+        response = await pool.handle_async_request(
+            httpcore.Request("POST", url, headers=headers, content=content)
+        )
+        try:
+            b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        finally:
+            await response.aclose()
+
+    return send
+
+
 def _chatter(trainer: TrainerClient, base: str) -> Callable[[], Awaitable[object]]:
     async def chat() -> None:
         await trainer.chat(base, _BODY, api_key="key")  # type: ignore[arg-type]
@@ -119,16 +158,19 @@ async def run(count: int, concurrency: int) -> list[tuple[str, float, float]]:
         config = ServerConfig()
         for size in (16, 8, 4):
             pools.SHARD_SIZE = size  # read when the sharded pool is made
-            async with httpx.AsyncClient(transport=_policed_transport(policy, None)) as http:
-                await both(f"httpx, pools of {size}", _poster(http, url))
-                if size == 4:
-                    trainer = TrainerClient(
-                        http, chat=config.chat_retry, delivery=config.delivery_retry
-                    )
-                    await both("TrainerClient.chat, pools of 4", _chatter(trainer, base))
+            async with httpx.AsyncClient(transport=policed_transport(policy)) as http:
+                await both(f"httpx AsyncClient, pools of {size}", _poster(http, url))
+        async with policed_transport(policy) as transport:
+            await both("httpx transport, no client (pools of 4)", _sender(transport, url))
+            trainer = TrainerClient(
+                transport, chat=config.chat_retry, delivery=config.delivery_retry
+            )
+            await both("TrainerClient.chat (on that transport)", _chatter(trainer, base))
+        async with pools.ShardedPool(_plain_pool) as sharded:
+            await both("httpcore, no httpx (pools of 4)", _core_sender(sharded, url))
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(limits=limits) as http:
-            await both("httpx, one pool, no limits", _poster(http, url))
+            await both("httpx AsyncClient, one pool, no limits", _poster(http, url))
         minimal = ClientPool("127.0.0.1", port, concurrency)
         content = json.dumps(_BODY).encode()
 

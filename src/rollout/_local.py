@@ -33,6 +33,7 @@ from ._server.lifecycle import RunControl, run_rollout
 from ._server.phases import Tally
 from ._trace import NO_TRACE, TraceSink
 from ._trainer.client import CHAT_PATH, TrainerClient
+from ._trainer.transport import ClientTransport
 from ._wire import codec
 from ._wire.models import InitRequest, RolloutResult
 from ._wire.validation import parse_init_request
@@ -163,8 +164,8 @@ async def run_rows(
     results: list[RowResult | None] = [None] * len(requests)
     tally = Tally()
     slots = trio.CapacityLimiter(concurrency)
-    async with httpx.AsyncClient(follow_redirects=False) as http:
-        trainer = TrainerClient(http, **client_options(endpoint))
+    async with ClientTransport(httpx.AsyncClient(follow_redirects=False)) as transport:
+        trainer = TrainerClient(transport, **client_options(endpoint))
 
         sink = None if trace_dir is None else TraceSink(trace_dir, secrets=[endpoint.api_key])
 

@@ -35,9 +35,9 @@ async def test_an_acknowledgement_just_before_a_hurried_shutdown_is_recorded(
     a second time."""
     db = tmp_path / "store.db"
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=FINAL))
-    async with httpx.AsyncClient(transport=transport) as http:
+    async with transport:
         config = make_config(store=f"sqlite:{db}")
-        trainer = TrainerClient(http, chat=config.chat_retry, delivery=config.delivery_retry)
+        trainer = TrainerClient(transport, chat=config.chat_retry, delivery=config.delivery_retry)
         supervisor = Supervisor(calculator, trainer, config)
         acknowledged = trio.Event()
         deliver = trainer.deliver_bytes

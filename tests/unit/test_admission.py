@@ -130,8 +130,9 @@ async def test_the_deadline_counts_the_time_spent_queued(autojump_clock: trio.ab
         requests.append(request)
         return httpx.Response(500)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    trainer = TrainerClient(http, chat=FAST_CHAT_RETRY, delivery=FAST_CHAT_RETRY)
+    trainer = TrainerClient(
+        httpx.MockTransport(handler), chat=FAST_CHAT_RETRY, delivery=FAST_CHAT_RETRY
+    )
     _, control = await admission.admit(_init(), size=0)
     assert control is not None
 

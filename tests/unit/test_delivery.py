@@ -32,8 +32,7 @@ def _delivery(status: int, store: Store) -> tuple[Delivery, list[httpx.Request]]
         seen.append(request)
         return httpx.Response(status)
 
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    trainer = TrainerClient(http, chat=QUICK, delivery=QUICK)
+    trainer = TrainerClient(httpx.MockTransport(handler), chat=QUICK, delivery=QUICK)
     return Delivery(trainer, store, owner="me", ttl=3600.0), seen
 
 

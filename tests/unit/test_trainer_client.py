@@ -24,8 +24,7 @@ POLICY = RetryPolicy(attempts=5, request_timeout=30.0, wait_initial=0.5, wait_ma
 
 
 def _client(handler: Handler, **kwargs: Any) -> TrainerClient:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return TrainerClient(http, chat=POLICY, delivery=POLICY, **kwargs)
+    return TrainerClient(httpx.MockTransport(handler), chat=POLICY, delivery=POLICY, **kwargs)
 
 
 def _answers(

@@ -24,6 +24,7 @@ from .._server.lifecycle import RunControl, run_rollout
 from .._server.phases import Tally
 from .._trainer.chat import Completion
 from .._trainer.client import TrainerClient
+from .._trainer.transport import ClientTransport
 from .._wire import codec
 from ..agent import Agent
 from ..errors import AgentError
@@ -45,8 +46,15 @@ class _Stop(Exception):
 class _Stepper(TrainerClient):
     """A trainer client that asks before each chat request and shows each answer."""
 
-    def __init__(self, *args: Any, ask: Callable[[str], Any], console: Console, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        ask: Callable[[str], Any],
+        console: Console,
+        **kwargs: Any,
+    ):
+        super().__init__(transport, **kwargs)
         self.ask = ask
         self.console = console
         self.shown = 0
@@ -103,12 +111,14 @@ async def run_interactive(
     results: list[_local.RowResult] = []
     tally = Tally()
     row = start_row
-    async with httpx.AsyncClient(follow_redirects=False) as http:
+    async with ClientTransport(httpx.AsyncClient(follow_redirects=False)) as transport:
         while 1 <= row <= len(problems):
             problem = problems[row - 1]
             console.rule(Text(f"row {row} of {len(problems)}: {problem.id}"))
             console.print(Text(HELP))
-            stepper = _Stepper(http, **_local.client_options(endpoint), ask=ask, console=console)
+            stepper = _Stepper(
+                transport, **_local.client_options(endpoint), ask=ask, console=console
+            )
             request = _local.init_request(
                 problem, endpoint, completion_params, max_turns, max_tokens_total
             )

@@ -8,10 +8,11 @@ with a 4xx status; a bug is a ``500`` with a generic message and the traceback i
 never in the response.
 
 The app owns the rollout :class:`~rollout.supervisor.Supervisor` and the one shared
-:class:`httpx.AsyncClient`. Order matters at shutdown (docs/ARCHITECTURE.md, "Shutdown"):
+transport to trainers (:func:`~rollout._trainer.transport.policed_transport`). Order matters
+at shutdown (docs/ARCHITECTURE.md, "Shutdown"):
 Quart-Trio cancels its background nursery ``BACKGROUND_TASK_SHUTDOWN_TIMEOUT`` seconds after
 shutdown starts, then runs ``after_serving``; so that timeout is set to the whole drain
-budget, ``after_serving`` drains the supervisor first, and only then closes the HTTP client.
+budget, ``after_serving`` drains the supervisor first, and only then closes the transport.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpcore
 import httpx
 import trio
 from quart import Response, request
@@ -32,8 +32,7 @@ from werkzeug.exceptions import HTTPException
 from .. import _json as _jsonlib
 from .._store import Store, StoreError
 from .._trainer.client import TrainerClient
-from .._trainer.policy import PolicyBackend, TrainerPolicy
-from .._trainer.pool import ShardedPool
+from .._trainer.transport import policed_transport
 from .._wire import codec
 from .._wire.models import InitRequest
 from .._wire.sync import parse_sync_request
@@ -53,8 +52,6 @@ __all__ = ["create_app", "supervisor_of"]
 log = logging.getLogger("rollout.app")
 
 _SUPERVISOR = "rollout.supervisor"
-#: How long an idle connection to a trainer is kept for reuse, seconds.
-_KEEPALIVE_SECONDS = 30.0
 #: Init bodies larger than this (bytes) are decoded and validated in a worker thread.
 _PARSE_IN_THREAD_BYTES = 256 * 1024
 
@@ -122,13 +119,8 @@ def create_app(
 
     @app.before_serving
     async def start() -> None:
-        http = httpx.AsyncClient(
-            transport=transport or _policed_transport(policy, config.max_connections),
-            follow_redirects=False,
-            trust_env=False,  # a proxy from the environment would bypass the trainer policy
-        )
         trainer = TrainerClient(
-            http,
+            transport or policed_transport(policy, config.max_connections),
             chat=config.chat_retry,
             delivery=config.delivery_retry,
             max_response_bytes=config.max_response_bytes,
@@ -142,7 +134,7 @@ def create_app(
     async def stop() -> None:
         supervisor = supervisor_of(app)
         await supervisor.drain()
-        await supervisor.trainer.http.aclose()
+        await supervisor.trainer.transport.aclose()
 
     def unauthorized() -> Response | None:
         """The ``401`` when the server has an inbound key and the request lacks it."""
@@ -345,31 +337,3 @@ def _version() -> str:
         return importlib.metadata.version("rollout")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
         return "0"
-
-
-def _policed_transport(
-    policy: TrainerPolicy, max_connections: int | None
-) -> httpx.AsyncHTTPTransport:
-    """httpx's transport over a :class:`~rollout._trainer.pool.ShardedPool` of httpcore
-    pools whose network backend applies ``policy`` to every address it connects to
-    (:class:`~rollout._trainer.policy.PolicyBackend`).
-
-    httpx has no public hook for a network backend or a pool, so the pool is put in place
-    of the one ``AsyncHTTPTransport`` builds (httpx 0.28); a test checks that the policy
-    holds at connect time, so a change of httpx cannot silently drop it.
-    """
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    ssl_context = transport._pool._ssl_context
-    backend = PolicyBackend(policy)
-
-    def make_pool(size: int) -> httpcore.AsyncConnectionPool:
-        return httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=size,
-            max_keepalive_connections=size,
-            keepalive_expiry=_KEEPALIVE_SECONDS,
-            network_backend=backend,
-        )
-
-    transport._pool = ShardedPool(make_pool, max_connections=max_connections)  # type: ignore[assignment]
-    return transport

@@ -23,7 +23,8 @@ import attrs
 import trio
 
 from .._store import SHIELDED_CALL_SECONDS, Outcome, Progress, Store, StoredPhase, StoreError
-from .._trainer.client import TrainerClient, redact_url
+from .._trainer.client import TrainerClient
+from .._trainer.transport import redact_url
 from ..errors import TrainerError, TrainerHTTPError, TrainerTransportError
 
 __all__ = ["Delivery", "Kept", "PendingResult"]

@@ -1,7 +1,11 @@
 """The trainer client: chat completions and result delivery, with retries.
 
-One :class:`TrainerClient` wraps one long-lived, pooled :class:`httpx.AsyncClient` shared by
-every rollout (the reference opened a client per rollout). Retries use :mod:`stamina`:
+One :class:`TrainerClient` sends through one long-lived, pooled httpx transport shared by
+every rollout (the reference opened a client per rollout). It builds each
+:class:`httpx.Request` itself and hands it to the transport, without
+:class:`httpx.AsyncClient`: the client's layer (URL merging, cookies, auth flows, redirects,
+event hooks) is nothing a trainer call needs, and cost half the CPU of every call
+(docs/PERFORMANCE.md). Retries use :mod:`stamina`:
 capped exponential backoff with jitter, on 5xx/408/429, timeouts and transport errors, never
 on other 4xx or anything else (docs/PROTOCOL.md §4.3). Every failure, whatever the HTTP stack
 raised, is a :class:`~rollout.errors.TrainerError`: nothing a trainer answers can escape
@@ -13,6 +17,7 @@ time left in the enclosing cancel scope.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import math
 from collections.abc import Mapping
@@ -36,8 +41,9 @@ from ..errors import (
     TrainerTransportError,
 )
 from .chat import Completion, openai_body, parse_completion
+from .transport import redact_url
 
-__all__ = ["RetryPolicy", "TrainerClient", "endpoint", "redact_url"]
+__all__ = ["RetryPolicy", "TrainerClient", "endpoint"]
 
 log = logging.getLogger("rollout.trainer")
 
@@ -49,6 +55,23 @@ COMPLETED_PATH = "/v1/rollout/completed"
 _BODY_EXCERPT_CHARS = 300
 #: How much of an acknowledgement's body is read (and dropped) to keep its connection.
 _DISCARD_BYTES = 64 * 1024
+
+
+def _user_agent() -> bytes:
+    try:
+        version = importlib.metadata.version("rollout")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        version = "0"
+    return f"rollout/{version}".encode()
+
+
+#: Sent with every request (the decoders for both encodings are httpx's).
+_BASE_HEADERS = (
+    (b"user-agent", _user_agent()),
+    (b"accept", b"*/*"),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"content-type", b"application/json"),
+)
 
 
 def _retry_hook(exc: Exception) -> bool | float:
@@ -71,14 +94,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
-def redact_url(url: str | httpx.URL) -> str:
-    """``url`` without user info and with its query replaced by ``***``, for logs and error
-    messages (a token may hide in either)."""
-    parts = urlsplit(str(url))
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
-
-
 def endpoint(server_url: str, path: str) -> str:
     """``path`` appended to ``server_url``'s path, before its query, if any."""
     parts = urlsplit(server_url)
@@ -92,24 +107,6 @@ def _excerpt(raw: bytes) -> str:
     text = raw[: _BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")
     text = "".join(c if c.isprintable() else " " for c in text)
     return " ".join(text.split())[:_BODY_EXCERPT_CHARS]
-
-
-class RedactURLs(logging.Filter):
-    """Redacts every URL argument of a log record (:func:`redact_url`): httpx logs each
-    request's full URL, which may carry a token in its query or user info."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(
-                redact_url(a) if isinstance(a, httpx.URL) else a for a in record.args
-            )
-        return True
-
-
-def _redact_httpx_logs() -> None:
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(f, RedactURLs) for f in logger.filters):
-        logger.addFilter(RedactURLs())
 
 
 class ClientEvents(Protocol):
@@ -139,8 +136,10 @@ class TrainerClient:
     """Talks to trainers: ``POST {server_url}/v1/chat/completions`` and
     ``POST {server_url}/v1/rollout/completed``.
 
-    ``http`` is owned by the caller, who closes it after the last request (the app does so
-    only after every rollout was drained, see :mod:`rollout.app`). Every answer is read as a
+    ``transport`` (any :class:`httpx.AsyncBaseTransport`; the server's is
+    :func:`~rollout._trainer.pool.policed_transport`) is owned by the caller, who closes it
+    after the last request (the app does so only after every rollout was drained, see
+    :mod:`rollout.app`). Every answer is read as a
     stream and abandoned past ``max_response_bytes`` (decoded bytes), so one trainer cannot
     exhaust the server's memory. Every failure of an exchange is a
     :class:`~rollout.errors.TrainerError`, whatever the HTTP stack raised.
@@ -148,7 +147,7 @@ class TrainerClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         chat: RetryPolicy,
         delivery: RetryPolicy,
@@ -157,8 +156,7 @@ class TrainerClient:
         model: str | None = None,
         events: ClientEvents | None = None,
     ) -> None:
-        _redact_httpx_logs()
-        self.http = http
+        self.transport = transport
         self.chat_policy = chat
         self.delivery_policy = delivery
         self.max_response_bytes = max_response_bytes
@@ -174,7 +172,7 @@ class TrainerClient:
         """This client (same connections and policies) sending LLM turns to ``path``; the
         synchronous variant uses :data:`SYNC_COMPLETIONS_PATH` (docs/PROTOCOL.md §6)."""
         return TrainerClient(
-            self.http,
+            self.transport,
             chat=self.chat_policy,
             delivery=self.delivery_policy,
             max_response_bytes=self.max_response_bytes,
@@ -235,9 +233,9 @@ class TrainerClient:
     ) -> bytes:
         """POST with retries; ``kind`` "chat" reads the answer, "delivery" only its status."""
         read = kind == "chat"
-        headers = {"content-type": "application/json"}
+        headers = list(_BASE_HEADERS)
         if api_key is not None:
-            headers["authorization"] = f"Bearer {api_key}"
+            headers.append((b"authorization", f"Bearer {api_key}".encode()))
         attempt_number = 0
         try:
             async for attempt in stamina.retry_context(
@@ -270,48 +268,61 @@ class TrainerClient:
         self,
         url: str,
         content: bytes,
-        headers: dict[str, str],
+        headers: list[tuple[bytes, bytes]],
         request_timeout: float,
         *,
         read: bool,
     ) -> bytes:
         """One attempt. Maps *every* failure to a :class:`~rollout.errors.TrainerError`:
         what httpx calls a transport error is retried, anything else is not."""
-        where = f"POST {redact_url(url)}"
+        timeout = {
+            "connect": request_timeout,
+            "read": request_timeout,
+            "write": request_timeout,
+            "pool": request_timeout,
+        }
         try:
-            async with self.http.stream(
-                "POST", url, content=content, headers=headers, timeout=request_timeout
-            ) as response:
-                if not response.is_success:
-                    raise TrainerHTTPError(
-                        f"{where} answered HTTP {response.status_code}",
-                        status=response.status_code,
-                        retry_after=_retry_after(response),
-                        body=_excerpt(await self._excerpt_of(response)),
-                    )
-                if not read:  # an acknowledgement: its body does not matter
-                    with contextlib.suppress(httpx.HTTPError):
-                        await self._read(response, _DISCARD_BYTES, where)
-                    return b""
-                return await self._read(response, self.max_response_bytes, where)
+            request = httpx.Request(
+                "POST", url, headers=headers, content=content, extensions={"timeout": timeout}
+            )
+            response = await self.transport.handle_async_request(request)
+            try:
+                return await self._answer(response, url, read=read)
+            finally:
+                await response.aclose()
         except TrainerError:
             raise
         except httpx.TimeoutException as exc:
-            raise TrainerTransportError(f"{where} timed out ({type(exc).__name__})") from None
+            raise TrainerTransportError(f"{_where(url)} timed out ({type(exc).__name__})") from None
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
             raise TrainerExchangeError(
-                f"{where} could not be sent: {_scrub(exc, headers)}"
+                f"{_where(url)} could not be sent: {_scrub(exc, headers)}"
             ) from None
         except httpx.TransportError as exc:
             raise TrainerTransportError(
-                f"{where} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
+                f"{_where(url)} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
             ) from None
         except Exception as exc:  # decoding, invalid URL, anything else: never escapes
             raise TrainerExchangeError(
-                f"{where} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
+                f"{_where(url)} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
             ) from None
 
-    async def _read(self, response: httpx.Response, limit: int, where: str) -> bytes:
+    async def _answer(self, response: httpx.Response, url: str, *, read: bool) -> bytes:
+        """The body of a 2xx (``b""`` unless ``read``), or :class:`TrainerHTTPError`."""
+        if not response.is_success:
+            raise TrainerHTTPError(
+                f"{_where(url)} answered HTTP {response.status_code}",
+                status=response.status_code,
+                retry_after=_retry_after(response),
+                body=_excerpt(await self._excerpt_of(response)),
+            )
+        if not read:  # an acknowledgement: its body does not matter
+            with contextlib.suppress(httpx.HTTPError):
+                await self._read(response, _DISCARD_BYTES, url)
+            return b""
+        return await self._read(response, self.max_response_bytes, url)
+
+    async def _read(self, response: httpx.Response, limit: int, url: str) -> bytes:
         """The decoded body, or :class:`~rollout.errors.TrainerExchangeError` past ``limit``
         bytes (stops reading there: the rest never reaches memory)."""
         declared = response.headers.get("content-length", "")
@@ -321,7 +332,7 @@ class TrainerClient:
             and "content-encoding" not in response.headers
         ):
             raise TrainerExchangeError(
-                f"{where} answered {int(declared)} bytes; the limit is {limit} bytes"
+                f"{_where(url)} answered {int(declared)} bytes; the limit is {limit} bytes"
             )
         chunks: list[bytes] = []
         size = 0
@@ -329,7 +340,7 @@ class TrainerClient:
             size += len(chunk)
             if size > limit:
                 raise TrainerExchangeError(
-                    f"{where} answered more than {limit} bytes (the limit); not read further"
+                    f"{_where(url)} answered more than {limit} bytes (the limit); not read further"
                 )
             chunks.append(chunk)
         return b"".join(chunks)
@@ -347,12 +358,18 @@ class TrainerClient:
             return b""
 
 
-def _scrub(exc: BaseException, headers: Mapping[str, str]) -> str:
+def _where(url: str) -> str:
+    """How errors name a request: its method and redacted URL."""
+    return f"POST {redact_url(url)}"
+
+
+def _scrub(exc: BaseException, headers: list[tuple[bytes, bytes]]) -> str:
     """``exc``'s message without the Authorization header's value, in one line."""
     text = " ".join(str(exc).split())
-    secret = headers.get("authorization")
-    if secret:
-        text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
+    for name, value in headers:
+        if name == b"authorization":
+            secret = value.decode()
+            text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
     return text[:500]
 
 

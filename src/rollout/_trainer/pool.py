@@ -106,6 +106,12 @@ class ShardedPool:
         for shard in self._shards:
             await shard.pool.aclose()
 
+    async def __aenter__(self) -> ShardedPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 class _Counted:
     """A response stream that gives its pool's place back when closed (once)."""
