@@ -156,15 +156,28 @@ def clean_text(text: str) -> str:
     return text
 
 
+def _frozen_object(value: object) -> dict[str, Any]:
+    """The encoder's hook for what it cannot encode itself: a frozen object, as a shallow
+    dict (its values are encoded in turn; tuples already encode as arrays)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+#: Encodes plain and frozen values alike without copying them first (the C encoder calls
+#: the hook only for frozen objects): half the time of thawing then encoding.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_frozen_object
+)
+
+
 def dumps(value: JSON) -> bytes:
     """Encode ``value`` (plain or frozen) as compact strict UTF-8 JSON.
 
     Raises :class:`JSONError` when it is not strict JSON (see :func:`check`).
     """
     try:
-        return json.dumps(
-            thaw(value), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        ).encode()
+        return _ENCODER.encode(value).encode()
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         check(value)  # names the offending value
         raise  # pragma: no cover - check() raises for everything json.dumps refuses

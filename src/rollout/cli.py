@@ -20,6 +20,7 @@ from ._cli.common import (
     configure_logging,
     group_size_option,
     raise_open_files_limit,
+    tune_gc,
 )
 from ._cli.eval import eval_command
 from ._cli.local import test_command
@@ -215,6 +216,8 @@ def serve_command(
                 "workers share the store: use sqlite:PATH or redis://", param_hint="--store"
             )
         _serve_workers(workers, config, host, port)
+
+    tune_gc()
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

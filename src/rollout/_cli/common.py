@@ -3,6 +3,7 @@ logging, the defaults (from :class:`~rollout.ServerConfig`: one place) and progr
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -25,6 +26,7 @@ __all__ = [
     "group_size_option",
     "load_agent",
     "raise_open_files_limit",
+    "tune_gc",
 ]
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
@@ -110,6 +112,26 @@ agent_option = click.option(
     show_default=True,
     help="The agent, as module:name.",
 )
+
+
+#: Allocations between two young-generation collections of the cyclic garbage collector
+#: (CPython's default is 700). See :func:`tune_gc`.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a server holding thousands of rollouts.
+
+    With CPython's defaults, collections took ~18% of the server's CPU at 1,024 rollouts in
+    flight (docs/PERFORMANCE.md): a young collection every 700 allocations, and each older
+    one walking every object alive, imported modules included. Here: what exists once the
+    agent is loaded is frozen (never walked again), and young collections come every
+    :data:`GC_YOUNG_THRESHOLD` allocations, older ones twice as rarely as by default.
+    Reference counting still frees nearly everything at once; only cycles wait longer."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older * 2, oldest * 2)
 
 
 def raise_open_files_limit() -> None:
