@@ -78,3 +78,32 @@ async def test_a_failed_request_gives_its_place_back() -> None:
         with pytest.raises(httpcore.ConnectError):
             await sharded.handle_async_request(REQUEST)
     assert sharded.pools == 1  # the failures did not fill it
+
+
+async def test_each_origin_has_its_own_pools() -> None:
+    sharded, made = _sharded()
+    other = httpcore.Request("POST", "https://other-trainer:8443/v1/chat/completions")
+    held = [await sharded.handle_async_request(r) for r in (REQUEST, other, REQUEST, other)]
+    assert [pool.requests for pool in made] == [2, 2]  # room in the first, but not its origin
+    for response in held:
+        await response.aclose()
+
+
+async def test_pools_idle_past_the_keep_alive_are_closed(autojump_clock: trio.abc.Clock) -> None:
+    made: list[_FakePool] = []
+
+    def make(size: int) -> httpcore.AsyncConnectionPool:
+        made.append(_FakePool(size))
+        return made[-1]  # type: ignore[return-value]
+
+    sharded = ShardedPool(make, shard_size=1, idle_seconds=30.0)
+    peak = [await sharded.handle_async_request(REQUEST) for _ in range(5)]
+    for response in peak[1:]:
+        await response.aclose()
+    await trio.sleep(31)
+    await (await sharded.handle_async_request(REQUEST)).aclose()  # prunes, then is sent
+    assert [pool.closed for pool in made] == [False, True, True, True, True, False]
+    assert sharded.pools == 2  # the one still in use, and the one just made
+    await peak[0].aclose()
+    await sharded.aclose()
+    assert all(pool.closed for pool in made)

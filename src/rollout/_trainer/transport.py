@@ -95,5 +95,7 @@ def policed_transport(
             network_backend=backend,
         )
 
-    transport._pool = ShardedPool(make_pool, max_connections=max_connections)  # type: ignore[assignment]
+    transport._pool = ShardedPool(
+        make_pool, max_connections=max_connections, idle_seconds=KEEPALIVE_SECONDS
+    )  # type: ignore[assignment]
     return transport
