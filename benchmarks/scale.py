@@ -834,9 +834,9 @@ def _scenarios(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
 @click.option(
     "--init-rate",
     type=click.FloatRange(min=1),
-    default=1000.0,
+    default=200.0,
     show_default=True,
-    help="in-flight: inits per second.",
+    help="in-flight: inits per second (past what the server admits, 202s queue).",
 )
 @click.option(
     "--barrier/--no-barrier",

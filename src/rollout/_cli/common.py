@@ -123,15 +123,16 @@ def tune_gc() -> None:
     """Make the cyclic garbage collector cheap for a server holding thousands of rollouts.
 
     With CPython's defaults, collections took ~18% of the server's CPU at 1,024 rollouts in
+    flight, and their pauses were most of the ``202`` latency's spikes at thousands in
     flight (docs/PERFORMANCE.md): a young collection every 700 allocations, and each older
     one walking every object alive, imported modules included. Here: what exists once the
-    agent is loaded is frozen (never walked again), and young collections come every
-    :data:`GC_YOUNG_THRESHOLD` allocations, older ones twice as rarely as by default.
-    Reference counting still frees nearly everything at once; only cycles wait longer."""
+    agent is loaded is frozen (never walked again), young collections come every
+    :data:`GC_YOUNG_THRESHOLD` allocations, the middle generation after 100 of them and the
+    oldest after 100 of those (CPython: 10 and 10). Reference counting still frees nearly
+    everything at once; only reference cycles wait longer to be freed."""
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older * 2, oldest * 2)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 100, 100)
 
 
 def raise_open_files_limit() -> None:
