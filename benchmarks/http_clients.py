@@ -6,7 +6,8 @@ where there are two cores); this process (core 0) sends ``--requests`` POSTs,
 it spent per request (microseconds) and the requests per second:
 
 - httpx ``AsyncClient.post`` over the sharded pools, at pool sizes 16, 8 and 4;
-- httpx's transport called directly, without a client (what ``TrainerClient`` does);
+- httpx's transport called directly, without a client (what ``TrainerClient`` does), at
+  pool sizes 4 and 1;
 - our ``TrainerClient.chat`` on it (retries, strict JSON, size cap, events);
 - httpcore alone over the same sharded pools;
 - httpx with one pool and no limits;
@@ -153,6 +154,7 @@ async def run(count: int, concurrency: int) -> list[tuple[str, float, float]]:
         await _measure(min(count, 500), concurrency, one)  # warm-up: connections, caches
         rows.append((name, *await _measure(count, concurrency, one)))
 
+    default_size = pools.SHARD_SIZE
     try:
         policy = TrainerPolicy.from_entries(())
         config = ServerConfig()
@@ -160,14 +162,19 @@ async def run(count: int, concurrency: int) -> list[tuple[str, float, float]]:
             pools.SHARD_SIZE = size  # read when the sharded pool is made
             async with httpx.AsyncClient(transport=policed_transport(policy)) as http:
                 await both(f"httpx AsyncClient, pools of {size}", _poster(http, url))
-        async with policed_transport(policy) as transport:
-            await both("httpx transport, no client (pools of 4)", _sender(transport, url))
-            trainer = TrainerClient(
-                transport, chat=config.chat_retry, delivery=config.delivery_retry
-            )
-            await both("TrainerClient.chat (on that transport)", _chatter(trainer, base))
+        for size in (4, 1):
+            pools.SHARD_SIZE = size
+            async with policed_transport(policy) as transport:
+                name = f"httpx transport, no client, pools of {size}"
+                await both(name, _sender(transport, url))
+                if size == default_size:
+                    trainer = TrainerClient(
+                        transport, chat=config.chat_retry, delivery=config.delivery_retry
+                    )
+                    await both("TrainerClient.chat (on that transport)", _chatter(trainer, base))
         async with pools.ShardedPool(_plain_pool) as sharded:
-            await both("httpcore, no httpx (pools of 4)", _core_sender(sharded, url))
+            await both("httpcore, no httpx, pools of 1", _core_sender(sharded, url))
+        pools.SHARD_SIZE = default_size
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(limits=limits) as http:
             await both("httpx AsyncClient, one pool, no limits", _poster(http, url))
