@@ -96,7 +96,7 @@ def create_app(
 ) -> QuartTrio:
     """Build the rollout server app for ``agent``.
 
-    ``transport`` replaces the HTTP client's network transport (for embedding; tests use
+    ``transport`` replaces the transport trainer calls go through (for embedding; tests use
     real sockets); ``store`` replaces the one ``config.store`` names (several apps in one
     process may share a memory store). The app must be served under its ASGI lifespan
     (Hypercorn does this; in tests, ``async with app.test_app()``).
