@@ -18,7 +18,6 @@ budget, ``after_serving`` drains the supervisor first, and only then closes the 
 from __future__ import annotations
 
 import hmac
-import importlib.metadata
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +32,7 @@ from .. import _json as _jsonlib
 from .._store import Store, StoreError
 from .._trainer.client import TrainerClient
 from .._trainer.transport import policed_transport
+from .._version import version
 from .._wire import codec
 from .._wire.models import InitRequest
 from .._wire.sync import parse_sync_request
@@ -286,7 +286,7 @@ def create_app(
         """Prometheus text format (:mod:`rollout._server.metrics`), unauthenticated."""
         return Response(metrics.render(), status=200, content_type=METRICS_CONTENT_TYPE)
 
-    spec = openapi(agent.name, _version())
+    spec = openapi(agent.name, version())
 
     @app.get("/openapi.json")
     async def openapi_json() -> Response:
@@ -330,10 +330,3 @@ def _cancel_selector(body: Any) -> dict[str, Any] | str:
         if everything is True:
             return {"all": True}
     return 'expected {"rollout_ids": [...]}, {"prefix": "..."} or {"all": true}'
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("rollout")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
-        return "0"

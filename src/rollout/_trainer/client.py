@@ -17,7 +17,6 @@ time left in the enclosing cancel scope.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import math
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ import trio
 
 from .. import _json
 from .._json import JSON
+from .._version import version
 from .._wire.validation import ValidationError
 from ..config import RetryPolicy
 from ..errors import (
@@ -57,17 +57,9 @@ _BODY_EXCERPT_CHARS = 300
 _DISCARD_BYTES = 64 * 1024
 
 
-def _user_agent() -> bytes:
-    try:
-        version = importlib.metadata.version("rollout")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
-        version = "0"
-    return f"rollout/{version}".encode()
-
-
 #: Sent with every request (the decoders for both encodings are httpx's).
 _BASE_HEADERS = (
-    (b"user-agent", _user_agent()),
+    (b"user-agent", f"rollout/{version()}".encode()),
     (b"accept", b"*/*"),
     (b"accept-encoding", b"gzip, deflate"),
     (b"content-type", b"application/json"),
@@ -137,7 +129,7 @@ class TrainerClient:
     ``POST {server_url}/v1/rollout/completed``.
 
     ``transport`` (any :class:`httpx.AsyncBaseTransport`; the server's is
-    :func:`~rollout._trainer.pool.policed_transport`) is owned by the caller, who closes it
+    :func:`~rollout._trainer.transport.policed_transport`) is owned by the caller, who closes it
     after the last request (the app does so only after every rollout was drained, see
     :mod:`rollout.app`). Every answer is read as a
     stream and abandoned past ``max_response_bytes`` (decoded bytes), so one trainer cannot
