@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from attrs import frozen
 
-from .._json import JSON, thaw, thaw_object
+from .._json import JSON, thaw_object
 from .._wire.models import CompletionParams, Message
 from .._wire.validation import ValidationError, _detail, structure_or_raise
 
@@ -81,21 +81,8 @@ def chat_request(
     body["logprobs"] = params.logprobs
     body.update(thaw_object(params.extra))
     if tools:
-        body["tools"] = _thawed_tools(tools)
+        body["tools"] = list(tools)  # frozen parts are encoded in place (rollout._json.dumps)
     return body
-
-
-#: The last tool list thawed, by identity: an agent's schemas are the same on every turn.
-_TOOLS_CACHE: dict[int, tuple[Sequence[Mapping[str, JSON]], list[JSON]]] = {}
-
-
-def _thawed_tools(tools: Sequence[Mapping[str, JSON]]) -> list[JSON]:
-    cached = _TOOLS_CACHE.get(id(tools))
-    if cached is None or cached[0] is not tools:
-        cached = (tools, [thaw(t) for t in tools])
-        _TOOLS_CACHE.clear()  # one agent per server: keep one entry
-        _TOOLS_CACHE[id(tools)] = cached
-    return cached[1]
 
 
 def openai_body(body: Mapping[str, JSON], model: str) -> dict[str, JSON]:
