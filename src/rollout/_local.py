@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import trio
 from rich.console import Console
 from rich.table import Table
@@ -164,7 +163,7 @@ async def run_rows(
     results: list[RowResult | None] = [None] * len(requests)
     tally = Tally()
     slots = trio.CapacityLimiter(concurrency)
-    async with ClientTransport(httpx.AsyncClient(follow_redirects=False)) as transport:
+    async with ClientTransport() as transport:
         trainer = TrainerClient(transport, **client_options(endpoint))
 
         sink = None if trace_dir is None else TraceSink(trace_dir, secrets=[endpoint.api_key])

@@ -111,7 +111,7 @@ async def run_interactive(
     results: list[_local.RowResult] = []
     tally = Tally()
     row = start_row
-    async with ClientTransport(httpx.AsyncClient(follow_redirects=False)) as transport:
+    async with ClientTransport() as transport:
         while 1 <= row <= len(problems):
             problem = problems[row - 1]
             console.rule(Text(f"row {row} of {len(problems)}: {problem.id}"))

@@ -54,14 +54,14 @@ def _redact_httpx_logs() -> None:
 
 
 class ClientTransport(httpx.AsyncBaseTransport):
-    """An :class:`httpx.AsyncClient` used as a transport, for runs on a developer's machine
-    (``rollout test``, ``rollout eval``): it keeps what the client reads from the
-    environment (proxies, CA files). The client logs each request's URL: redacted
-    (:class:`RedactURLs`). Closing the transport closes the client."""
+    """An :class:`httpx.AsyncClient` (no redirects followed) used as a transport, for runs
+    on a developer's machine (``rollout test``, ``rollout eval``): it keeps what the client
+    reads from the environment (proxies, CA files). The client logs each request's URL:
+    redacted (:class:`RedactURLs`). Closing the transport closes the client."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self) -> None:
         _redact_httpx_logs()
-        self._client = client
+        self._client = httpx.AsyncClient(follow_redirects=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await self._client.send(request, stream=True)
