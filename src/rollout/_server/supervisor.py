@@ -25,6 +25,7 @@ their deliveries up to ``shutdown_delivery_timeout`` seconds; then stop. A secon
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -106,6 +107,9 @@ class Supervisor:
         self._tool_limiter = trio.CapacityLimiter(config.max_tool_threads)
         self._sync_controls: set[RunControl] = set()  # synchronous rollouts in flight
         self._nursery: trio.Nursery | None = None
+        # The context rollout tasks start in: the supervisor's own, not the init handler's,
+        # whose copy would keep that request's Quart objects alive for the whole rollout.
+        self._context = contextvars.copy_context()
         self._draining = False
         self._drained = trio.Event()
         self._stopped = trio.Event()  # run() returned: the lease released, the store closed
@@ -138,6 +142,7 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._context = contextvars.copy_context()
                 if self.traces is not None:
                     await nursery.start(self.traces.run)
                 nursery.start_soon(self.leases.run, name="lease")
@@ -180,8 +185,12 @@ class Supervisor:
         rollout_id, control = await self.admission.admit(request, size)
         if control is not None:
             self.local[rollout_id] = control
-            self._nursery.start_soon(
-                self._rollout, request, control, name=f"rollout {request.rollout_id}"
+            self._context.run(
+                self._nursery.start_soon,
+                self._rollout,
+                request,
+                control,
+                name=f"rollout {request.rollout_id}",
             )
         return self.admission.response(rollout_id), control is not None
 
