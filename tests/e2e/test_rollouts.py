@@ -284,6 +284,28 @@ async def test_a_failing_rollout_does_not_harm_the_next(
     assert good["status"] == "COMPLETED"
 
 
+async def test_a_rollout_does_not_hold_its_init_request(
+    start_server: StartServer, trainer: Trainer
+) -> None:
+    # Trio copies the spawning task's contextvars: a rollout started in the init handler's
+    # context kept that request's Quart objects alive until its result (docs/PERFORMANCE.md).
+    import quart
+
+    from rollout import Agent, RolloutContext
+
+    seen: list[bool] = []
+
+    async def loop(ctx: RolloutContext) -> None:
+        seen.append(quart.has_request_context())
+        await ctx.chat()
+
+    server = await start_server(agent=Agent("contextless", loop=loop))
+    result = await run_to_result(server, trainer, init_body(trainer))
+
+    assert result["status"] == "COMPLETED"
+    assert seen == [False]
+
+
 async def test_a_failing_reward_is_an_error_not_a_zero(
     start_server: StartServer, trainer: Trainer
 ) -> None:

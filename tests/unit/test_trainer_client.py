@@ -59,6 +59,21 @@ async def test_retry_after_replaces_the_backoff_and_each_retry_is_logged(
     assert "t-1" not in caplog.text
 
 
+async def test_every_attempt_of_the_policy_is_made_with_backoff_and_counted(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The first attempt runs before stamina's retry state exists; the count and the
+    # backoff must be the policy's all the same.
+    handler, seen = _answers(httpx.Response(503))
+    policy = RetryPolicy(attempts=4, request_timeout=30.0, wait_initial=1.0, wait_jitter=0.0)
+    client = TrainerClient(httpx.MockTransport(handler), chat=policy, delivery=policy)
+    started = trio.current_time()
+    with pytest.raises(TrainerHTTPError, match=r"after 4 attempts"):
+        await client.chat("http://trainer", {}, api_key=None)
+    assert len(seen) == 4
+    assert trio.current_time() - started == pytest.approx(1.0 + 2.0 + 4.0)
+
+
 async def test_a_final_4xx_is_not_retried(autojump_clock: trio.abc.Clock) -> None:
     handler, seen = _answers(httpx.Response(400, text="bad max_tokens"))
     with pytest.raises(TrainerHTTPError) as caught:
