@@ -180,17 +180,15 @@ class Supervisor:
         the ``202`` body and whether a rollout started (docs/PROTOCOL.md §2.4). Raises
         :class:`~rollout._server.admission.AdmissionError`. Must be called while :meth:`run`
         is running."""
-        if self._nursery is None:
+        nursery = self._nursery
+        if nursery is None:
             raise RuntimeError("Supervisor.admit() called before Supervisor.run() started")
         rollout_id, control = await self.admission.admit(request, size)
         if control is not None:
             self.local[rollout_id] = control
+            name = f"rollout {request.rollout_id}"
             self._context.run(
-                self._nursery.start_soon,
-                self._rollout,
-                request,
-                control,
-                name=f"rollout {request.rollout_id}",
+                lambda: nursery.start_soon(self._rollout, request, control, name=name)
             )
         return self.admission.response(rollout_id), control is not None
 
