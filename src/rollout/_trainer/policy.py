@@ -5,8 +5,8 @@ with a Bearer header and a body of the caller's making. :class:`TrainerPolicy` b
 twice:
 
 - at init, on the URL (:meth:`TrainerPolicy.refusal`), so a refused trainer is a ``422``;
-- at connect time, on every address the host name resolved to (:class:`PolicyBackend`, a
-  network backend under the HTTP client's connection pool), so a name that resolves (or is
+- at connect time, on every address the host name resolved to (:func:`connect`, which the
+  server's connection pool opens connections with), so a name that resolves (or is
   re-bound) to a refused address is refused too. The connection is made to the address that
   was checked, never to the name again.
 
@@ -25,17 +25,17 @@ metadata addresses, unspecified, multicast and broadcast addresses. With an allo
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from collections.abc import Iterable
-from typing import Any
 
 import attrs
-import httpcore
+import httpx
 import trio
 
 from ..errors import TrainerNotAllowedError
 
-__all__ = ["PolicyBackend", "TrainerPolicy", "parse_allow_entry"]
+__all__ = ["TrainerPolicy", "connect", "parse_allow_entry"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -166,70 +166,52 @@ class TrainerPolicy:
         return f"host {host!r} is not in the trainer allow-list"
 
 
-class PolicyBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's Trio backend, connecting only to addresses ``policy`` allows.
+async def connect(
+    policy: TrainerPolicy,
+    host: str,
+    port: int,
+    timeout: float | None,  # noqa: ASYNC109 - the connection pool's interface
+) -> trio.SocketStream:
+    """A TCP connection to ``host:port`` on an address ``policy`` allows, within
+    ``timeout`` seconds (None: no limit).
 
     Resolves the host itself, checks every address, and connects to the allowed ones in
-    turn. Raises :class:`~rollout.errors.TrainerNotAllowedError` when none is allowed.
+    turn: never to the name again, so a name re-bound to a refused address is refused.
+    Raises :class:`~rollout.errors.TrainerNotAllowedError` when none is allowed,
+    ``httpx.ConnectTimeout`` and ``httpx.ConnectError`` (docs/PROTOCOL.md §8).
     """
-
-    def __init__(self, policy: TrainerPolicy, inner: httpcore.AsyncNetworkBackend | None = None):
-        self.policy = policy
-        self.inner = inner or httpcore.TrioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        deadline = trio.current_time() + (float("inf") if timeout is None else timeout)
-        literal = _address(host)
-        if literal is not None:
-            addresses = [literal]
-        else:
+    deadline = trio.current_time() + (math.inf if timeout is None else timeout)
+    literal = _address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        infos = []
+        with trio.move_on_at(deadline) as resolving:
             try:
-                with trio.fail_at(deadline):
-                    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except trio.TooSlowError:
-                raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-            found = (_address(str(info[4][0])) for info in infos)
-            addresses = list(dict.fromkeys(a for a in found if a is not None))
-        refusals: list[str] = []
-        last_error: Exception | None = None
-        for address in addresses:
-            refusal = self.policy.address_refusal(host, port, address)
-            if refusal is not None:
-                refusals.append(refusal)
-                continue
-            left = deadline - trio.current_time()
+                raise httpx.ConnectError(f"cannot resolve {host}: {exc}") from None
+        if resolving.cancelled_caught:
+            raise httpx.ConnectTimeout(f"resolving {host} timed out")
+        found = (_address(str(info[4][0])) for info in infos)
+        addresses = list(dict.fromkeys(a for a in found if a is not None))
+    refusals: list[str] = []
+    last_error: httpx.TransportError | None = None
+    for address in addresses:
+        refusal = policy.address_refusal(host, port, address)
+        if refusal is not None:
+            refusals.append(refusal)
+            continue
+        with trio.move_on_at(deadline):
             try:
-                return await self.inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=None if left == float("inf") else max(0.0, left),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last_error = exc
-        if last_error is not None:
-            raise last_error
-        raise TrainerNotAllowedError(
-            f"trainer {host}:{port} refused: {'; '.join(refusals) or 'no address'}"
-        )
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise TrainerNotAllowedError("unix sockets are not trainers")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+                return await trio.open_tcp_stream(str(address), port)
+            except OSError as exc:
+                last_error = httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}")
+                continue
+        last_error = httpx.ConnectTimeout(f"connecting to {host}:{port} timed out")
+        break
+    if last_error is not None:
+        raise last_error
+    raise TrainerNotAllowedError(
+        f"trainer {host}:{port} refused: {'; '.join(refusals) or 'no address'}"
+    )

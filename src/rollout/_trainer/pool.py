@@ -1,195 +1,175 @@
-"""Connections to trainers: one small httpcore pool per connection, per trainer origin, as
-many as the calls outstanding need.
+"""Connections to trainers: keep-alive HTTP/1.1, per trainer origin, as many as the calls
+outstanding need.
 
 A trainer's inference engine batches whatever calls are outstanding, so every rollout's
-call should be at the trainer at once, each on its own HTTP/1.1 connection. One httpcore
-pool does work quadratic in its connections on every request and every response closed;
-with hundreds of connections that work dominates the server's CPU (docs/PERFORMANCE.md).
-:class:`ShardedPool` keeps each pool small instead (:data:`SHARD_SIZE` connections): a
-request goes to the oldest pool of its origin with a free place (so idle kept-alive
-connections are reused first), and a new pool is made when all are busy. Pools keep their
-connections alive, so a steady load reuses connections instead of opening one per call;
-a pool left idle for ``idle_seconds`` (after a peak) is closed, so its socket does not
-linger.
+call should be at the trainer at once, each on its own connection (HTTP/1.1 carries one
+request at a time). :class:`ConnectionPool` opens a connection when none of its origin is
+idle, and keeps a connection whose answer was read whole for the next call to that origin
+(the most recently used first, so that after a peak the surplus stays idle and is closed
+after ``keepalive_seconds``). Finding one is O(1); nothing is done per connection on a
+request, unlike httpcore 1.0's pool, whose work on every request grows with its size
+(docs/PERFORMANCE.md).
+
+The pool is an httpx transport: :class:`~rollout._trainer.client.TrainerClient` does not
+know it from httpx's own, or from :class:`httpx.MockTransport` in tests.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import AsyncIterator, Callable
+import math
+import ssl
+from collections.abc import Awaitable, Callable
 
-import attrs
-import httpcore
+import httpx
 import trio
 
-__all__ = ["SHARD_SIZE", "ShardedPool"]
+from .http11 import Connection, Origin
 
-#: Connections per pool. httpcore 1.0's pool counts its idle connections once per
-#: connection, and checks each for expiry, on every request and every response closed, so
-#: the smallest pools are cheapest: measured per request, 1.1 ms of CPU with pools of 16,
-#: 0.95 with 8, 0.83 with 4 through httpx's client; 0.59 with 4 and 0.46 with 1 through
-#: its transport alone (docs/PERFORMANCE.md).
-SHARD_SIZE = 1
+__all__ = ["Connect", "ConnectionPool"]
 
-#: An origin: scheme, host and port, as httpcore's request URL has them.
-Origin = tuple[bytes, bytes, int | None]
+#: Opens a TCP connection to (host, port) within a timeout (seconds, None: none); raises
+#: httpx.ConnectError or httpx.ConnectTimeout, or refuses (a TrainerError).
+Connect = Callable[[str, int, float | None], Awaitable[trio.SocketStream]]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-@attrs.define(eq=False)
-class _Shard:
-    origin: Origin
-    index: int
-    pool: httpcore.AsyncConnectionPool
-    #: Requests sent through this pool whose response is not closed yet.
-    active: int = 0
-    #: Whether it is in its origin's heap of pools with room.
-    listed: bool = False
-    #: When its last response was closed (Trio clock, seconds).
-    idle_since: float = 0.0
-    closed: bool = False
+class ConnectionPool(httpx.AsyncBaseTransport):
+    """An httpx transport over keep-alive HTTP/1.1 connections (:mod:`rollout._trainer.http11`)
+    made with ``connect``, with TLS by ``ssl_context`` for ``https``.
 
-
-@attrs.define(eq=False)
-class _Origin:
-    shards: list[_Shard] = attrs.Factory(list)
-    #: Pools with room, a heap by index (oldest first); closed ones are skipped lazily.
-    with_room: list[tuple[int, _Shard]] = attrs.Factory(list)
-    made: int = 0
-
-
-class ShardedPool:
-    """Pools made by ``make_pool(size)`` as needed, ``shard_size`` connections each
-    (default :data:`SHARD_SIZE`), separately for each origin, at most ``max_connections``
-    in all (None: no limit; past it, requests queue in the origin's least busy pool).
-    A pool with nothing in flight for ``idle_seconds`` is closed (checked at most every
-    ``idle_seconds / 2``, on a request). Has the interface httpx's transport uses of its
-    pool. Finding a pool costs O(log pools): those with room are kept in a heap by age."""
+    At most ``max_connections`` connections in all (None: no limit); past it a request
+    waits for one, up to its ``pool`` timeout (then ``httpx.PoolTimeout``). An idle
+    connection is kept ``keepalive_seconds``; the expired ones are closed at most every
+    ``keepalive_seconds / 2``, on a request. Raises httpx's exceptions, like its transport.
+    """
 
     def __init__(
         self,
-        make_pool: Callable[[int], httpcore.AsyncConnectionPool],
+        connect: Connect,
         *,
-        shard_size: int | None = None,
+        ssl_context: ssl.SSLContext,
         max_connections: int | None = None,
-        idle_seconds: float = 30.0,
+        keepalive_seconds: float = 30.0,
     ) -> None:
-        self._make_pool = make_pool
-        self._shard_size = shard_size or SHARD_SIZE
-        self._max_connections = max_connections
-        self._idle_seconds = idle_seconds
-        self._origins: dict[Origin, _Origin] = {}
-        self._count = 0
-        self._next_prune: float | None = None
+        self._connect = connect
+        self._ssl_context = ssl_context
+        self._slots = None if max_connections is None else trio.Semaphore(max_connections)
+        self._keepalive = keepalive_seconds
+        #: Idle connections per origin, the most recently used last.
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._next_prune = -math.inf
+        self._closed = False
+        #: Connections opened so far, and open now (idle or carrying a request).
+        self.opened = 0
+        self.open = 0
 
-    @property
-    def pools(self) -> int:
-        """How many pools exist now."""
-        return self._count
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = _DEFAULT_PORTS.get(url.scheme)
+        if port is None:
+            raise httpx.UnsupportedProtocol(f"the URL scheme must be http or https: {url.scheme!r}")
+        origin = (url.scheme, url.raw_host.decode("ascii"), url.port or port)
+        timeouts = request.extensions.get("timeout", {})
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
+        self._prune()
+        if self._slots is not None:
+            with trio.move_on_after(_seconds(timeouts.get("pool"))) as waited:
+                await self._slots.acquire()
+            if waited.cancelled_caught:
+                raise httpx.PoolTimeout("no connection to the trainer came free in time")
+        connection = None
+        try:
+            connection = self._take(origin) or await self._open(origin, timeouts.get("connect"))
+            return await connection.request(request, timeouts, self._release)
+        except BaseException:
+            if connection is not None:
+                self._discard(connection)
+            if self._slots is not None:
+                self._slots.release()
+            raise
 
-    def _pick(self, key: Origin) -> _Shard:
-        origin = self._origins.get(key)
-        if origin is None:
-            origin = self._origins[key] = _Origin()
-        while origin.with_room:
-            shard = origin.with_room[0][1]
-            if not shard.closed:
-                return shard
-            heapq.heappop(origin.with_room)
-        room = self._max_connections
-        if origin.shards and room is not None and self._count * self._shard_size >= room:
-            return min(origin.shards, key=lambda shard: shard.active)
-        size = self._shard_size if room is None else max(1, min(self._shard_size, room))
-        shard = _Shard(key, origin.made, self._make_pool(size))
-        origin.made += 1
-        origin.shards.append(shard)
-        self._count += 1
-        self._list(origin, shard)
-        return shard
+    def _take(self, origin: Origin) -> Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.stale():
+                return connection
+            self._discard(connection)
+        return None
 
-    def _list(self, origin: _Origin, shard: _Shard) -> None:
-        if not shard.listed and not shard.closed:
-            shard.listed = True
-            heapq.heappush(origin.with_room, (shard.index, shard))
+    async def _open(self, origin: Origin, timeout: float | None) -> Connection:  # noqa: ASYNC109
+        scheme, host, port = origin
+        deadline = trio.current_time() + _seconds(timeout)
+        socket_stream = await self._connect(host, port, timeout)
+        stream: trio.abc.Stream = socket_stream
+        if scheme == "https":
+            stream = trio.SSLStream(
+                socket_stream, self._ssl_context, server_hostname=host, https_compatible=True
+            )
+            try:
+                with trio.move_on_at(deadline) as handshake:
+                    await stream.do_handshake()
+            except BaseException as exc:
+                socket_stream.socket.close()
+                if isinstance(exc, trio.BrokenResourceError):
+                    reason = _cause(exc)
+                    raise httpx.ConnectError(f"TLS with the trainer failed: {reason}") from None
+                raise
+            if handshake.cancelled_caught:
+                socket_stream.socket.close()
+                raise httpx.ConnectTimeout("the TLS handshake with the trainer timed out")
+        self.opened += 1
+        self.open += 1
+        return Connection(stream, socket_stream.socket, origin)
 
-    def _take(self, shard: _Shard) -> None:
-        shard.active += 1
-        if shard.active >= self._shard_size and shard.listed:
-            heapq.heappop(self._origins[shard.origin].with_room)  # _pick gives the top
-            shard.listed = False
+    def _release(self, connection: Connection, read_whole: bool) -> None:
+        """A response was closed: keep its connection for the next call, or close it."""
+        if self._slots is not None:
+            self._slots.release()
+        if read_whole and not self._closed and connection.reusable():
+            connection.idle_since = trio.current_time()
+            self._idle.setdefault(connection.origin, []).append(connection)
+        else:
+            self._discard(connection)
 
-    def _give_back(self, shard: _Shard) -> None:
-        shard.active -= 1
-        if shard.active == 0:
-            shard.idle_since = trio.current_time()
-        origin = self._origins.get(shard.origin)
-        if origin is not None and shard.active < self._shard_size:
-            self._list(origin, shard)
+    def _discard(self, connection: Connection) -> None:
+        """Close a connection's socket at once (no TLS goodbye: a broken or idle connection
+        owes the trainer nothing)."""
+        self.open -= 1
+        connection.socket.close()
 
-    async def _prune(self) -> None:
-        """Close the pools idle for ``idle_seconds``, at most every ``idle_seconds / 2``."""
+    def _prune(self) -> None:
+        """Close the connections idle for ``keepalive_seconds``, at most every half of it."""
         now = trio.current_time()
-        if self._next_prune is None:
-            self._next_prune = now + self._idle_seconds / 2
         if now < self._next_prune:
             return
-        self._next_prune = now + self._idle_seconds / 2
-        idle: list[_Shard] = []
-        for key, origin in list(self._origins.items()):
-            keep = []
-            for shard in origin.shards:
-                if shard.active == 0 and now - shard.idle_since >= self._idle_seconds:
-                    shard.closed = True
-                    idle.append(shard)
-                else:
-                    keep.append(shard)
-            origin.shards = keep
-            if not keep:
-                del self._origins[key]
-        self._count -= len(idle)
-        for shard in idle:
-            await shard.pool.aclose()
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        await self._prune()
-        url = request.url
-        shard = self._pick((url.scheme, url.host, url.port))
-        self._take(shard)
-        try:
-            response = await shard.pool.handle_async_request(request)
-        except BaseException:
-            self._give_back(shard)
-            raise
-        response.stream = _Counted(response.stream, self, shard)
-        return response
+        self._next_prune = now + self._keepalive / 2
+        for origin, idle in list(self._idle.items()):
+            expired = 0
+            while expired < len(idle) and now - idle[expired].idle_since >= self._keepalive:
+                expired += 1
+            for connection in idle[:expired]:
+                self._discard(connection)
+            del idle[:expired]
+            if not idle:
+                del self._idle[origin]
 
     async def aclose(self) -> None:
-        origins, self._origins, self._count = self._origins, {}, 0
-        for origin in origins.values():
-            for shard in origin.shards:
-                shard.closed = True
-                await shard.pool.aclose()
-
-    async def __aenter__(self) -> ShardedPool:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        """Close the idle connections; those carrying a request close when it ends."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                self._discard(connection)
+        await trio.lowlevel.checkpoint()
 
 
-class _Counted:
-    """A response stream that gives its pool's place back when closed (once)."""
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__ or exc
+    return str(cause) or type(cause).__name__
 
-    def __init__(self, stream: object, owner: ShardedPool, shard: _Shard) -> None:
-        self._stream = stream
-        self._owner = owner
-        self._shard: _Shard | None = shard
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._stream.__aiter__()  # type: ignore[attr-defined, no-any-return]
-
-    async def aclose(self) -> None:
-        shard, self._shard = self._shard, None
-        if shard is not None:
-            self._owner._give_back(shard)
-        if hasattr(self._stream, "aclose"):
-            await self._stream.aclose()
+def _seconds(timeout: float | None) -> float:
+    return math.inf if timeout is None else timeout

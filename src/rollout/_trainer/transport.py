@@ -1,9 +1,8 @@
 """The httpx transports trainer calls go through (:class:`~rollout._trainer.client.TrainerClient`
 sends each request to its transport directly, without :class:`httpx.AsyncClient`).
 
-- :func:`policed_transport`: the server's. Sharded keep-alive pools
-  (:mod:`rollout._trainer.pool`) whose connections obey the trainer policy
-  (:mod:`rollout._trainer.policy`).
+- :func:`policed_transport`: the server's. Keep-alive HTTP/1.1 connections
+  (:mod:`rollout._trainer.pool`) that obey the trainer policy (:mod:`rollout._trainer.policy`).
 - :class:`ClientTransport`: a developer's machine (``rollout test``, ``rollout eval``), where
   the environment's proxies and CA files apply.
 
@@ -12,14 +11,14 @@ And :func:`redact_url`, how every log line and error names a trainer's URL.
 
 from __future__ import annotations
 
+import functools
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
-import httpcore
 import httpx
 
-from .policy import PolicyBackend, TrainerPolicy
-from .pool import ShardedPool
+from .policy import TrainerPolicy, connect
+from .pool import ConnectionPool
 
 __all__ = ["ClientTransport", "RedactURLs", "policed_transport", "redact_url"]
 
@@ -70,32 +69,15 @@ class ClientTransport(httpx.AsyncBaseTransport):
         await self._client.aclose()
 
 
-def policed_transport(
-    policy: TrainerPolicy, max_connections: int | None = None
-) -> httpx.AsyncHTTPTransport:
-    """httpx's transport over a :class:`ShardedPool` of httpcore pools whose network
-    backend applies ``policy`` to every address it connects to
-    (:class:`~rollout._trainer.policy.PolicyBackend`, docs/PROTOCOL.md §8). No proxy from
-    the environment: one would bypass the policy.
-
-    httpx has no public hook for a network backend or a pool, so the pool is put in place
-    of the one ``AsyncHTTPTransport`` builds (httpx 0.28); a test checks that the policy
-    holds at connect time, so a change of httpx cannot silently drop it.
-    """
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    ssl_context = transport._pool._ssl_context
-    backend = PolicyBackend(policy)
-
-    def make_pool(size: int) -> httpcore.AsyncConnectionPool:
-        return httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=size,
-            max_keepalive_connections=size,
-            keepalive_expiry=KEEPALIVE_SECONDS,
-            network_backend=backend,
-        )
-
-    transport._pool = ShardedPool(
-        make_pool, max_connections=max_connections, idle_seconds=KEEPALIVE_SECONDS
-    )  # type: ignore[assignment]
-    return transport
+def policed_transport(policy: TrainerPolicy, max_connections: int | None = None) -> ConnectionPool:
+    """The server's transport: keep-alive HTTP/1.1 connections
+    (:class:`~rollout._trainer.pool.ConnectionPool`) opened only to addresses ``policy``
+    allows (:func:`~rollout._trainer.policy.connect`, docs/PROTOCOL.md §8), at most
+    ``max_connections`` (None: no limit), TLS verified against certifi's CA bundle. No
+    proxy from the environment: one would bypass the policy."""
+    return ConnectionPool(
+        functools.partial(connect, policy),
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=max_connections,
+        keepalive_seconds=KEEPALIVE_SECONDS,
+    )
