@@ -1,28 +1,37 @@
-"""CPU per request of the ways to call a trainer, measured the same way (docs/PERFORMANCE.md).
+"""CPU per request, and memory per outstanding request, of the ways to call a trainer,
+measured the same way (docs/PERFORMANCE.md).
 
 A lean h11 trainer answers a fixed chat completion in another process (pinned to core 1
 where there are two cores); this process (core 0) sends ``--requests`` POSTs,
 ``--concurrency`` at a time, through each client, after a warm-up, and prints the CPU time
-it spent per request (microseconds) and the requests per second:
+it spent per request (microseconds) and the requests per second. Then it holds
+``--held`` requests outstanding at once (the trainer answers after a few seconds) and prints
+the memory each holds until its answer (tracemalloc, bytes) and the objects the garbage
+collector tracks for it:
 
-- httpx ``AsyncClient.post`` over the sharded pools, at pool sizes 16, 8 and 4;
-- httpx's transport called directly, without a client (what ``TrainerClient`` does), at
-  pool sizes 4 and 1;
+- httpx ``AsyncClient.post`` (one pool, no limits);
+- httpx's transport called directly, without a client (httpcore's pool under it);
+- httpcore's pool alone;
+- for memory, instead of those three (httpcore's pool does work quadratic in its
+  connections on every request: thousands held would take hours), one httpcore
+  connection per request, without its pool;
+- ``policed_transport``, the server's: our pool of h11 connections (rollout._trainer.pool);
 - our ``TrainerClient.chat`` on it (retries, strict JSON, size cap, events);
-- httpcore alone over the same sharded pools;
-- httpx with one pool and no limits;
 - a minimal keep-alive h11 client (``benchmarks/_h11_trainer.ClientPool``): the floor.
 
-    uv run python benchmarks/http_clients.py --requests 4000 --concurrency 64
+    uv run python benchmarks/http_clients.py --requests 4000 --concurrency 64 --held 2000
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -34,7 +43,6 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent))
 from _h11_trainer import ClientPool
 
-from rollout._trainer import pool as pools
 from rollout._trainer.client import TrainerClient
 from rollout._trainer.policy import TrainerPolicy
 from rollout._trainer.transport import policed_transport
@@ -45,11 +53,14 @@ _ANSWER = (
     b'"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,'
     b'"total_tokens":15}}'
 )
+#: Seconds the trainer holds each answer while memory per outstanding request is measured.
+_HOLD_SECONDS = 6.0
 _SERVER = f"""
 import sys, trio
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from _h11_trainer import serve_http
 async def handler(method, target, body):
+    await trio.sleep(float(sys.argv[1]))
     return 200, {_ANSWER!r}
 async def main():
     async with trio.open_nursery() as nursery:
@@ -106,23 +117,27 @@ def _sender(transport: httpx.AsyncBaseTransport, url: str) -> Callable[[], Await
     return send
 
 
-def _plain_pool(size: int) -> httpcore.AsyncConnectionPool:
-    return httpcore.AsyncConnectionPool(max_connections=size, max_keepalive_connections=size)
-
-
-def _core_sender(pool: pools.ShardedPool, url: str) -> Callable[[], Awaitable[object]]:
+def _core_sender(
+    url: str, pool: httpcore.AsyncConnectionPool | None = None
+) -> Callable[[], Awaitable[object]]:
+    """httpcore without httpx: through ``pool``, or (None) one connection per request,
+    without a pool."""
     content = json.dumps(_BODY).encode()
+    origin = httpcore.Origin(b"http", b"127.0.0.1", httpx.URL(url).port or 80)
     headers = [(b"host", httpx.URL(url).netloc), (b"content-type", b"application/json")]
     headers.append((b"content-length", str(len(content)).encode()))
 
     async def send() -> None:
-        response = await pool.handle_async_request(
-            httpcore.Request("POST", url, headers=headers, content=content)
-        )
-        try:
-            b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
-        finally:
-            await response.aclose()
+        request = httpcore.Request("POST", url, headers=headers, content=content)
+        async with contextlib.AsyncExitStack() as stack:
+            if pool is None:
+                connection = httpcore.AsyncHTTPConnection(origin)
+                await stack.enter_async_context(connection)
+                response = await connection.handle_async_request(request)
+            else:
+                response = await pool.handle_async_request(request)
+            stack.push_async_callback(response.aclose)
+            await response.aread()
 
     return send
 
@@ -134,57 +149,92 @@ def _chatter(trainer: TrainerClient, base: str) -> Callable[[], Awaitable[object
     return chat
 
 
-async def run(count: int, concurrency: int) -> list[tuple[str, float, float]]:
+async def _held(count: int, one: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """(bytes, gc-tracked objects) per request while ``count`` are outstanding at once."""
+    gc.collect()
+    tracemalloc.start()
+    memory, objects = tracemalloc.get_traced_memory()[0], len(gc.get_objects())
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+        await trio.sleep(_HOLD_SECONDS / 2)  # all sent, none answered
+        gc.collect()
+        memory = tracemalloc.get_traced_memory()[0] - memory
+        objects = len(gc.get_objects()) - objects
+    tracemalloc.stop()
+    return memory / count, objects / count
+
+
+async def _trainer(delay: float) -> tuple[trio.Process, int]:
     server = await trio.lowlevel.open_process(
-        [sys.executable, "-c", _SERVER], stdout=subprocess.PIPE
+        [sys.executable, "-c", _SERVER, str(delay)], stdout=subprocess.PIPE
     )
     assert server.stdout is not None
     line = b""
     while not line.endswith(b"\n"):
         line += await server.stdout.receive_some(64)
-    port = int(line)
     if len(os.sched_getaffinity(0)) >= 2:
         os.sched_setaffinity(server.pid, {1})
         os.sched_setaffinity(0, {0})
+    return server, int(line)
+
+
+Rows = list[tuple[str, float, float]]
+
+
+async def run(count: int, concurrency: int, held: int) -> tuple[Rows, Rows]:
+    """Rows of (client, CPU microseconds per request, requests per second), and rows of
+    (client, bytes held per outstanding request, objects per request)."""
+    cpu = await _round(0.0, lambda one: _cpu_row(count, concurrency, one), concurrency)
+    memory = await _round(_HOLD_SECONDS, lambda one: _held(held, one), held)
+    return cpu, memory
+
+
+async def _cpu_row(
+    count: int, concurrency: int, one: Callable[[], Awaitable[object]]
+) -> tuple[float, float]:
+    await _measure(min(count, 500), concurrency, one)  # warm-up: connections, caches
+    return await _measure(count, concurrency, one)
+
+
+async def _round(
+    delay: float,
+    measure: Callable[[Callable[[], Awaitable[object]]], Awaitable[tuple[float, float]]],
+    connections: int,
+) -> Rows:
+    """One row per client, measured by ``measure`` against a trainer answering after
+    ``delay`` seconds."""
+    server, port = await _trainer(delay)
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/v1/chat/completions"
-    rows: list[tuple[str, float, float]] = []
+    rows: Rows = []
 
-    async def both(name: str, one: Callable[[], Awaitable[object]]) -> None:
-        await _measure(min(count, 500), concurrency, one)  # warm-up: connections, caches
-        rows.append((name, *await _measure(count, concurrency, one)))
+    async def row(name: str, one: Callable[[], Awaitable[object]]) -> None:
+        rows.append((name, *await measure(one)))
 
-    default_size = pools.SHARD_SIZE
     try:
-        policy = TrainerPolicy.from_entries(())
-        config = ServerConfig()
-        for size in (16, 8, 4):
-            pools.SHARD_SIZE = size  # read when the sharded pool is made
-            async with httpx.AsyncClient(transport=policed_transport(policy)) as http:
-                await both(f"httpx AsyncClient, pools of {size}", _poster(http, url))
-        for size in (4, 1):
-            pools.SHARD_SIZE = size
-            async with policed_transport(policy) as transport:
-                name = f"httpx transport, no client, pools of {size}"
-                await both(name, _sender(transport, url))
-                if size == default_size:
-                    trainer = TrainerClient(
-                        transport, chat=config.chat_retry, delivery=config.delivery_retry
-                    )
-                    await both("TrainerClient.chat (on that transport)", _chatter(trainer, base))
-        async with pools.ShardedPool(_plain_pool) as sharded:
-            await both("httpcore, no httpx, pools of 1", _core_sender(sharded, url))
-        pools.SHARD_SIZE = default_size
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(limits=limits) as http:
-            await both("httpx AsyncClient, one pool, no limits", _poster(http, url))
-        minimal = ClientPool("127.0.0.1", port, concurrency)
+        if delay == 0:  # held by the thousand, httpcore's pool is quadratic: see the doc
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+                await row("httpx AsyncClient", _poster(http, url))
+            async with httpx.AsyncHTTPTransport(limits=limits) as transport:
+                await row("httpx transport, no client", _sender(transport, url))
+            async with httpcore.AsyncConnectionPool() as pool:
+                await row("httpcore pool, no httpx", _core_sender(url, pool))
+        else:
+            await row("httpcore connection, no pool, no httpx", _core_sender(url))
+        async with policed_transport(TrainerPolicy.from_entries(())) as ours:
+            await row("policed_transport (h11 connections)", _sender(ours, url))
+            config = ServerConfig()
+            trainer = TrainerClient(ours, chat=config.chat_retry, delivery=config.delivery_retry)
+            await row("TrainerClient.chat (on that transport)", _chatter(trainer, base))
+        minimal = ClientPool("127.0.0.1", port, connections)
         content = json.dumps(_BODY).encode()
 
         async def raw() -> None:
             await minimal.post("/v1/chat/completions", content)
 
-        await both("minimal h11 client", raw)
+        await row("minimal h11 client", raw)
         await minimal.aclose()
     finally:
         server.kill()
@@ -195,10 +245,15 @@ async def run(count: int, concurrency: int) -> list[tuple[str, float, float]]:
 @click.command()
 @click.option("--requests", "count", type=click.IntRange(100), default=4000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True)
-def main(count: int, concurrency: int) -> None:
-    """Client CPU per trainer request, for each way to send it (127.0.0.1 only)."""
-    for name, micros, rate in trio.run(run, count, concurrency):
+@click.option("--held", type=click.IntRange(10, 10_000), default=2000, show_default=True)
+def main(count: int, concurrency: int, held: int) -> None:
+    """Client CPU per trainer request, and memory per outstanding request, for each way to
+    send it (127.0.0.1 only)."""
+    cpu, memory = trio.run(run, count, concurrency, held)
+    for name, micros, rate in cpu:
         print(f"{micros:8.0f} us CPU/request {rate:8.0f} requests/s  {name}")
+    for name, size, objects in memory:
+        print(f"{size:8.0f} B held/request {objects:6.1f} objects/request  {name}")
 
 
 if __name__ == "__main__":
