@@ -280,31 +280,13 @@ class TrainerClient:
         kind: str,
         read: bool,
     ) -> bytes:
-        """One attempt, counted in :attr:`events`."""
+        """One attempt, counted in :attr:`events`. Maps *every* failure to a
+        :class:`~rollout.errors.TrainerError`: what httpx calls a transport error is
+        retried, anything else is not."""
         self.events.attempt(kind)
-        try:
-            return await self._post_once(url, content, headers, policy.request_timeout, read=read)
-        except TrainerError as exc:
-            self.events.failure(kind, type(exc).__name__)
-            raise
-
-    async def _post_once(
-        self,
-        url: str,
-        content: bytes,
-        headers: list[tuple[bytes, bytes]],
-        request_timeout: float,
-        *,
-        read: bool,
-    ) -> bytes:
-        """One attempt. Maps *every* failure to a :class:`~rollout.errors.TrainerError`:
-        what httpx calls a transport error is retried, anything else is not."""
-        timeout = {
-            "connect": request_timeout,
-            "read": request_timeout,
-            "write": request_timeout,
-            "pool": request_timeout,
-        }
+        seconds = policy.request_timeout
+        timeout = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+        failure: TrainerError
         try:
             request = httpx.Request(
                 "POST", url, headers=headers, content=content, extensions={"timeout": timeout}
@@ -314,22 +296,24 @@ class TrainerClient:
                 return await self._answer(response, url, read=read)
             finally:
                 await response.aclose()
-        except TrainerError:
-            raise
+        except TrainerError as exc:
+            failure = exc
         except httpx.TimeoutException as exc:
-            raise TrainerTransportError(f"{_where(url)} timed out ({type(exc).__name__})") from None
+            failure = TrainerTransportError(f"{_where(url)} timed out ({type(exc).__name__})")
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-            raise TrainerExchangeError(
+            failure = TrainerExchangeError(
                 f"{_where(url)} could not be sent: {_scrub(exc, headers)}"
-            ) from None
+            )
         except httpx.TransportError as exc:
-            raise TrainerTransportError(
+            failure = TrainerTransportError(
                 f"{_where(url)} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
-            ) from None
+            )
         except Exception as exc:  # decoding, invalid URL, anything else: never escapes
-            raise TrainerExchangeError(
+            failure = TrainerExchangeError(
                 f"{_where(url)} failed: {type(exc).__name__}: {_scrub(exc, headers)}"
-            ) from None
+            )
+        self.events.failure(kind, type(failure).__name__)
+        raise failure
 
     async def _answer(self, response: httpx.Response, url: str, *, read: bool) -> bytes:
         """The body of a 2xx (``b""`` unless ``read``), or :class:`TrainerHTTPError`."""

@@ -69,6 +69,26 @@ class Connection:
     ) -> httpx.Response:
         """Send ``request`` and read its answer's head. The answer's body streams from the
         returned response; closing the response calls ``release(self, read_whole)``."""
+        # A trainer may answer (413, 401) and close before reading the whole request: its
+        # answer is still the one to report.
+        with contextlib.suppress(httpx.WriteError):
+            await self._send(request, timeouts.get("write"))
+        read_timeout = timeouts.get("read")
+        event = await self.next_event(read_timeout)
+        while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
+            event = await self.next_event(read_timeout)
+        if not isinstance(event, h11.Response):
+            raise httpx.RemoteProtocolError("the trainer closed the connection without answering")
+        return httpx.Response(
+            event.status_code,
+            headers=event.headers.raw_items(),
+            stream=_Body(self, read_timeout, release),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+        )
+
+    async def _send(self, request: httpx.Request, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Write the whole request at once (its bytes are not kept past the write: an
+        outstanding call should hold no copy of its body)."""
         try:
             content = request.content
         except httpx.RequestNotRead:
@@ -86,22 +106,13 @@ class Connection:
             data += self._h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from None
-        # A trainer may answer (413, 401) and close before reading the whole request: its
-        # answer is still the one to report.
-        with contextlib.suppress(httpx.WriteError):
-            await self._write(data, timeouts.get("write"))
-        read_timeout = timeouts.get("read")
-        event = await self.next_event(read_timeout)
-        while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
-            event = await self.next_event(read_timeout)
-        if not isinstance(event, h11.Response):
-            raise httpx.RemoteProtocolError("the trainer closed the connection without answering")
-        return httpx.Response(
-            event.status_code,
-            headers=event.headers.raw_items(),
-            stream=_Body(self, read_timeout, release),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
-        )
+        with trio.CancelScope(deadline=_deadline(timeout)):
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise httpx.WriteError(_reason(exc)) from None
+            return
+        raise httpx.WriteTimeout("writing to the trainer timed out")
 
     def reusable(self) -> bool:
         """After an answer read whole: whether another request may follow (both sides
@@ -123,25 +134,14 @@ class Connection:
                 raise httpx.RemoteProtocolError(str(exc)) from None
             if event is not h11.NEED_DATA:
                 return event
-            self._h11.receive_data(await self._read(timeout))
-
-    async def _read(self, timeout: float | None) -> bytes:  # noqa: ASYNC109
-        with trio.CancelScope(deadline=_deadline(timeout)):
-            try:
-                data = await self.stream.receive_some(READ_BYTES)
-                return data if isinstance(data, bytes) else bytes(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise httpx.ReadError(_reason(exc)) from None
-        raise httpx.ReadTimeout("reading from the trainer timed out")
-
-    async def _write(self, data: bytes, timeout: float | None) -> None:  # noqa: ASYNC109
-        with trio.CancelScope(deadline=_deadline(timeout)):
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise httpx.WriteError(_reason(exc)) from None
-            return
-        raise httpx.WriteTimeout("writing to the trainer timed out")
+            with trio.CancelScope(deadline=_deadline(timeout)) as reading:
+                try:
+                    data = await self.stream.receive_some(READ_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise httpx.ReadError(_reason(exc)) from None
+            if reading.cancelled_caught:
+                raise httpx.ReadTimeout("reading from the trainer timed out")
+            self._h11.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
 class _Body(httpx.AsyncByteStream):
