@@ -17,7 +17,6 @@ from ._cli.common import (
     DEFAULTS,
     agent_option,
     checked_agent,
-    collect_young_objects,
     configure_logging,
     group_size_option,
     raise_open_files_limit,
@@ -220,18 +219,11 @@ def serve_command(
 
     tune_gc()
 
-    async def serve_then_stop(
-        nursery: trio.Nursery, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        await serve(
-            agent, config, host=host, port=port, listen_fd=listen_fd, task_status=task_status
-        )
-        nursery.cancel_scope.cancel()  # the young-generation collector
-
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect_young_objects)
-            bound = await nursery.start(serve_then_stop, nursery)
+            bound = await nursery.start(
+                partial(serve, agent, config, host=host, port=port, listen_fd=listen_fd)
+            )
             auth = "required" if config.api_key else "not required"
             logging.getLogger("rollout").info(
                 "rollout server listening on http://%s:%d (agent %s, inbound API key %s)",

@@ -10,7 +10,6 @@ import sys
 import click
 import stamina
 import structlog
-import trio
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from .. import _validate
@@ -23,7 +22,6 @@ __all__ = [
     "PROGRESS_COLUMNS",
     "agent_option",
     "checked_agent",
-    "collect_young_objects",
     "configure_logging",
     "group_size_option",
     "load_agent",
@@ -119,8 +117,6 @@ agent_option = click.option(
 #: Allocations between two young-generation collections of the cyclic garbage collector
 #: (CPython's default is 700). See :func:`tune_gc`.
 GC_YOUNG_THRESHOLD = 50_000
-#: Seconds between the young-generation collections :func:`collect_young_objects` makes.
-GC_YOUNG_INTERVAL = 0.1
 
 
 def tune_gc() -> None:
@@ -137,22 +133,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 100, 100)
-
-
-async def collect_young_objects(interval: float = GC_YOUNG_INTERVAL) -> None:
-    """Collect the young generation every ``interval`` seconds, forever (run it as a
-    task beside the server, after :func:`tune_gc`).
-
-    CPython counts a young collection due after so many allocations *net of
-    deallocations*, and freeing an old object counts as one. When thousands of rollouts
-    move on at once (a trainer answering a batch), their old objects are freed as their
-    new ones are made: the count stays low while the young generation grows to hundreds
-    of thousands of objects, and the collection that finally comes pauses the whole
-    server (355 ms for 628,000 objects at 19,000 in flight; docs/PERFORMANCE.md). Timed
-    collections keep each one to what a tenth of a second allocates."""
-    while True:
-        await trio.sleep(interval)
-        gc.collect(0)
 
 
 def raise_open_files_limit() -> None:
