@@ -17,6 +17,7 @@ time left in the enclosing cancel scope.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -92,6 +93,13 @@ def endpoint(server_url: str, path: str) -> str:
     if not parts.query:
         return server_url + path
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
+    """``url`` parsed once and shared (immutable) by every call to it: a trainer's
+    endpoints are few, each outstanding call otherwise held its own parse."""
+    return httpx.URL(url)
 
 
 def _excerpt(raw: bytes) -> str:
@@ -289,7 +297,11 @@ class TrainerClient:
         failure: TrainerError
         try:
             request = httpx.Request(
-                "POST", url, headers=headers, content=content, extensions={"timeout": timeout}
+                "POST",
+                _parsed(url),
+                headers=headers,
+                content=content,
+                extensions={"timeout": timeout},
             )
             response = await self.transport.handle_async_request(request)
             try:
