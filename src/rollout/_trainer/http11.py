@@ -21,12 +21,15 @@ import h11
 import httpx
 import trio
 
-__all__ = ["MAX_HEAD_BYTES", "Connection", "Origin"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_INFORMATIONAL", "Connection", "Origin"]
 
 #: Bytes asked of the socket at a time.
 READ_BYTES = 64 * 1024
 #: The most a response's status line and headers may take, bytes (httpcore's bound too).
 MAX_HEAD_BYTES = 100 * 1024
+#: The most informational (1xx) answers before the answer: a trainer sending them without
+#: end, each within the read timeout, would otherwise hold the call forever.
+MAX_INFORMATIONAL = 16
 
 #: Called when a response is closed: the connection, and whether its answer was read whole.
 Release = Callable[["Connection", bool], None]
@@ -75,7 +78,13 @@ class Connection:
             await self._send(request, timeouts.get("write"))
         read_timeout = timeouts.get("read")
         event = await self.next_event(read_timeout)
+        informational = 0
         while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
+            informational += 1
+            if informational > MAX_INFORMATIONAL:
+                raise httpx.RemoteProtocolError(
+                    f"the trainer sent more than {MAX_INFORMATIONAL} informational (1xx) answers"
+                )
             event = await self.next_event(read_timeout)
         if not isinstance(event, h11.Response):
             raise httpx.RemoteProtocolError("the trainer closed the connection without answering")
