@@ -21,7 +21,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_INFORMATIONAL", "Connection", "Origin"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_INFORMATIONAL", "Connection", "Origin", "deadline", "reason"]
 
 #: Bytes asked of the socket at a time.
 READ_BYTES = 64 * 1024
@@ -115,11 +115,11 @@ class Connection:
             data += self._h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from None
-        with trio.CancelScope(deadline=_deadline(timeout)):
+        with trio.CancelScope(deadline=deadline(timeout)):
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise httpx.WriteError(_reason(exc)) from None
+                raise httpx.WriteError(reason(exc)) from None
             return
         raise httpx.WriteTimeout("writing to the trainer timed out")
 
@@ -143,11 +143,11 @@ class Connection:
                 raise httpx.RemoteProtocolError(str(exc)) from None
             if event is not h11.NEED_DATA:
                 return event
-            with trio.CancelScope(deadline=_deadline(timeout)) as reading:
+            with trio.CancelScope(deadline=deadline(timeout)) as reading:
                 try:
                     data = await self.stream.receive_some(READ_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise httpx.ReadError(_reason(exc)) from None
+                    raise httpx.ReadError(reason(exc)) from None
             if reading.cancelled_caught:
                 raise httpx.ReadTimeout("reading from the trainer timed out")
             self._h11.receive_data(data if isinstance(data, bytes) else bytes(data))
@@ -183,10 +183,12 @@ class _Body(httpx.AsyncByteStream):
         await trio.lowlevel.checkpoint()
 
 
-def _deadline(timeout: float | None) -> float:
+def deadline(timeout: float | None) -> float:
+    """The Trio-clock deadline ``timeout`` seconds from now (None: never)."""
     return math.inf if timeout is None else trio.current_time() + timeout
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """What a Trio stream error was caused by, in one line (its cause's message or type)."""
     cause = exc.__cause__ or exc.__context__ or exc
     return str(cause) or type(cause).__name__

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import trio
 
-from .http11 import Connection, Origin
+from .http11 import Connection, Origin, deadline, reason
 
 __all__ = ["Connect", "ConnectionPool"]
 
@@ -75,7 +75,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("the connection pool is closed")
         self._prune()
         if self._slots is not None:
-            with trio.move_on_after(_seconds(timeouts.get("pool"))) as waited:
+            with trio.move_on_at(deadline(timeouts.get("pool"))) as waited:
                 await self._slots.acquire()
             if waited.cancelled_caught:
                 raise httpx.PoolTimeout("no connection to the trainer came free in time")
@@ -101,7 +101,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     async def _open(self, origin: Origin, timeout: float | None) -> Connection:  # noqa: ASYNC109
         scheme, host, port = origin
-        deadline = trio.current_time() + _seconds(timeout)
+        handshake_deadline = deadline(timeout)
         socket_stream = await self._connect(host, port, timeout)
         stream: trio.abc.Stream = socket_stream
         if scheme == "https":
@@ -109,13 +109,13 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                 socket_stream, self._ssl_context, server_hostname=host, https_compatible=True
             )
             try:
-                with trio.move_on_at(deadline) as handshake:
+                with trio.move_on_at(handshake_deadline) as handshake:
                     await stream.do_handshake()
             except BaseException as exc:
                 socket_stream.socket.close()
                 if isinstance(exc, trio.BrokenResourceError):
-                    reason = _cause(exc)
-                    raise httpx.ConnectError(f"TLS with the trainer failed: {reason}") from None
+                    cause = reason(exc)
+                    raise httpx.ConnectError(f"TLS with the trainer failed: {cause}") from None
                 raise
             if handshake.cancelled_caught:
                 socket_stream.socket.close()
@@ -164,12 +164,3 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             for connection in connections:
                 self._discard(connection)
         await trio.lowlevel.checkpoint()
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__ or exc
-    return str(cause) or type(cause).__name__
-
-
-def _seconds(timeout: float | None) -> float:
-    return math.inf if timeout is None else timeout
