@@ -107,9 +107,10 @@ class Supervisor:
         self._tool_limiter = trio.CapacityLimiter(config.max_tool_threads)
         self._sync_controls: set[RunControl] = set()  # synchronous rollouts in flight
         self._nursery: trio.Nursery | None = None
-        # The context rollout tasks start in: the supervisor's own, not the init handler's,
-        # whose copy would keep that request's Quart objects alive for the whole rollout.
-        self._context = contextvars.copy_context()
+        # The context rollout tasks start in (set with the nursery): the supervisor's own,
+        # not the init handler's, whose copy would keep that request's Quart objects alive
+        # for the whole rollout.
+        self._context: contextvars.Context | None = None
         self._draining = False
         self._drained = trio.Event()
         self._stopped = trio.Event()  # run() returned: the lease released, the store closed
@@ -180,16 +181,14 @@ class Supervisor:
         the ``202`` body and whether a rollout started (docs/PROTOCOL.md §2.4). Raises
         :class:`~rollout._server.admission.AdmissionError`. Must be called while :meth:`run`
         is running."""
-        nursery = self._nursery
-        if nursery is None:
+        nursery, context = self._nursery, self._context
+        if nursery is None or context is None:
             raise RuntimeError("Supervisor.admit() called before Supervisor.run() started")
         rollout_id, control = await self.admission.admit(request, size)
         if control is not None:
             self.local[rollout_id] = control
             name = f"rollout {request.rollout_id}"
-            self._context.run(
-                lambda: nursery.start_soon(self._rollout, request, control, name=name)
-            )
+            context.run(lambda: nursery.start_soon(self._rollout, request, control, name=name))
         return self.admission.response(rollout_id), control is not None
 
     async def _rollout(self, request: InitRequest, control: RunControl) -> None:
