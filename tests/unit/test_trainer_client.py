@@ -23,8 +23,8 @@ Handler = Callable[[httpx.Request], httpx.Response]
 POLICY = RetryPolicy(attempts=5, request_timeout=30.0, wait_initial=0.5, wait_max=10.0)
 
 
-def _client(handler: Handler, **kwargs: Any) -> TrainerClient:
-    return TrainerClient(httpx.MockTransport(handler), chat=POLICY, delivery=POLICY, **kwargs)
+def _client(handler: Handler, policy: RetryPolicy = POLICY, **kwargs: Any) -> TrainerClient:
+    return TrainerClient(httpx.MockTransport(handler), chat=policy, delivery=policy, **kwargs)
 
 
 def _answers(
@@ -66,10 +66,9 @@ async def test_every_attempt_of_the_policy_is_made_with_backoff_and_counted(
     # backoff must be the policy's all the same.
     handler, seen = _answers(httpx.Response(503))
     policy = RetryPolicy(attempts=4, request_timeout=30.0, wait_initial=1.0, wait_jitter=0.0)
-    client = TrainerClient(httpx.MockTransport(handler), chat=policy, delivery=policy)
     started = trio.current_time()
     with pytest.raises(TrainerHTTPError, match=r"after 4 attempts"):
-        await client.chat("http://trainer", {}, api_key=None)
+        await _client(handler, policy).chat("http://trainer", {}, api_key=None)
     assert len(seen) == 4
     assert trio.current_time() - started == pytest.approx(1.0 + 2.0 + 4.0)
 
