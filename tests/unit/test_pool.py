@@ -15,7 +15,7 @@ import pytest
 import trio
 import trustme
 
-from rollout._trainer.http11 import MAX_INFORMATIONAL
+from rollout._trainer.http11 import MAX_HEAD_BYTES, MAX_INFORMATIONAL
 from rollout._trainer.pool import ConnectionPool
 
 TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
@@ -236,6 +236,11 @@ async def test_failures_are_httpx_exceptions() -> None:
     early = b"HTTP/1.1 100 Continue\r\n\r\n" * 2 + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
     async with serving(raw=early, linger=True) as server, _pool() as pool:
         assert await _call(pool, f"http://127.0.0.1:{server.port}/") == b"ok"
+    huge_head = b"HTTP/1.1 200 OK\r\n" + b"x-pad: a\r\n" * (MAX_HEAD_BYTES // 5)  # no end
+    async with serving(raw=huge_head, linger=True) as server, _pool() as pool:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _call(pool, f"http://127.0.0.1:{server.port}/")
+        assert pool.open == 0
     endless = b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INFORMATIONAL + 1)
     async with serving(raw=endless, linger=True) as server, _pool() as pool:
         with pytest.raises(httpx.RemoteProtocolError, match="informational"):

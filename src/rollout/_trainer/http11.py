@@ -25,7 +25,8 @@ __all__ = ["MAX_HEAD_BYTES", "MAX_INFORMATIONAL", "Connection", "Origin", "deadl
 
 #: Bytes asked of the socket at a time.
 READ_BYTES = 64 * 1024
-#: The most a response's status line and headers may take, bytes (httpcore's bound too).
+#: Bytes of a response's status line and headers received without their end, past which
+#: the answer is refused (h11 checks it after each read; httpcore's bound too).
 MAX_HEAD_BYTES = 100 * 1024
 #: The most informational (1xx) answers before the answer: a trainer sending them without
 #: end, each within the read timeout, would otherwise hold the call forever.
