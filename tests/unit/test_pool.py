@@ -5,6 +5,7 @@ and expired ones closed, the limit, TLS, and every failure as httpx's exception.
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,9 @@ class Server:
     port: int = 0
     connections: int = 0
     requests: int = 0
+    #: Each request's header lines (lower-case names) and body, in order.
+    heads: list[list[tuple[bytes, bytes]]] = attrs.Factory(list)
+    bodies: list[bytes] = attrs.Factory(list)
     #: Set when a connection's handler has ended (its socket closed).
     closed: trio.Event = attrs.Factory(trio.Event)
 
@@ -64,7 +68,11 @@ async def serving(
                     continue
                 if isinstance(event, h11.Request):
                     server.requests += 1
+                    server.heads.append(list(event.headers))
+                    server.bodies.append(b"")
                     target = event.target.decode()
+                elif isinstance(event, h11.Data):
+                    server.bodies[-1] += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     if raw is not None:
                         await stream.send_all(raw)
@@ -154,6 +162,62 @@ async def test_outstanding_calls_each_get_a_connection_reused_after() -> None:
                 go.set()
             go, all_there, waiting = trio.Event(), trio.Event(), [0]
         assert (server.connections, server.requests, pool.opened) == (8, 16, 8)
+
+
+async def test_an_outstanding_call_holds_no_copy_of_its_body() -> None:
+    # 20,000 calls wait at a trainer at once: none may keep its body past writing it.
+    body = b'{"messages":["' + b"x" * 4096 + b'"]}'
+    asked: list[bytes] = []
+    arrived, go = trio.Event(), trio.Event()
+
+    def content() -> bytes:
+        asked.append(body)
+        return asked.pop()
+
+    async def held(target: str) -> tuple[int, bytes, bool]:
+        arrived.set()
+        await go.wait()
+        return 200, b"{}", False
+
+    async with serving(held) as server, _pool() as pool:
+        url = httpx.URL(f"http://127.0.0.1:{server.port}/v1/chat/completions")
+        held_before = sys.getrefcount(body)
+        async with trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                headers = [(b"host", url.netloc)]
+                response = await pool.send(b"POST", url, headers, content, TIMEOUTS)
+                await response.aread()
+                await response.aclose()
+
+            nursery.start_soon(call)
+            await arrived.wait()
+            assert sys.getrefcount(body) == held_before  # written, and nobody holds it
+            go.set()
+    assert server.bodies == [body]
+    assert (b"content-length", str(len(body)).encode()) in server.heads[0]
+
+
+async def test_a_streamed_httpx_request_is_sent_whole_with_its_length() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b"1}"
+
+    async with serving() as server, _pool() as pool:
+        request = httpx.Request(
+            "POST",
+            f"http://127.0.0.1:{server.port}/x",
+            content=chunks(),
+            extensions={"timeout": TIMEOUTS},
+        )
+        assert request.headers["transfer-encoding"] == "chunked"
+        response = await pool.handle_async_request(request)
+        assert await response.aread() == b'{"ok":true}'
+        await response.aclose()
+    (head,) = server.heads
+    assert server.bodies == [b'{"a":1}']
+    assert (b"content-length", b"7") in head
+    assert not [name for name, _ in head if name == b"transfer-encoding"]
 
 
 async def test_a_connection_the_trainer_closed_while_idle_is_not_used() -> None:

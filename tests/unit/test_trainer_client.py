@@ -52,6 +52,7 @@ async def test_retry_after_replaces_the_backoff_and_each_retry_is_logged(
 
     assert completion.message.content == "42"
     assert len(seen) == 2
+    assert seen[0].content == seen[1].content == b'{"messages":[]}'  # encoded again, the same
     assert trio.current_time() - started >= 7.0
     (line,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert "POST http://trainer/v1/chat/completions?*** answered HTTP 503" in line

@@ -1,8 +1,10 @@
 """The trainer client: chat completions and result delivery, with retries.
 
-One :class:`TrainerClient` sends through one long-lived, pooled httpx transport shared by
-every rollout (the reference opened a client per rollout). It builds each
-:class:`httpx.Request` itself and hands it to the transport, without
+One :class:`TrainerClient` sends through one long-lived, pooled transport shared by every
+rollout (the reference opened a client per rollout): the server's
+:class:`~rollout._trainer.pool.ConnectionPool` through its lean :meth:`send` (no
+:class:`httpx.Request`; the body encoded when written, so an outstanding call holds no copy),
+any other httpx transport with an :class:`httpx.Request`. Never through
 :class:`httpx.AsyncClient`: the client's layer (URL merging, cookies, auth flows, redirects,
 event hooks) is nothing a trainer call needs, and cost half the CPU of every call
 (docs/PERFORMANCE.md). Retries use :mod:`stamina`:
@@ -17,12 +19,10 @@ time left in the enclosing cancel scope.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from collections.abc import Mapping
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import stamina
@@ -42,9 +42,10 @@ from ..errors import (
     TrainerTransportError,
 )
 from .chat import Completion, openai_body, parse_completion
-from .transport import redact_url
+from .http11 import Content
+from .transport import endpoint, parsed_url, redact_url, same_timeouts, sender
 
-__all__ = ["RetryPolicy", "TrainerClient", "endpoint"]
+__all__ = ["RetryPolicy", "TrainerClient"]
 
 log = logging.getLogger("rollout.trainer")
 
@@ -87,19 +88,34 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
-def endpoint(server_url: str, path: str) -> str:
-    """``path`` appended to ``server_url``'s path, before its query, if any."""
-    parts = urlsplit(server_url)
-    if not parts.query:
-        return server_url + path
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+class _Payload:
+    """A request body, as :data:`~rollout._trainer.http11.Content`: the encoded bytes are
+    handed over at the first attempt and dropped, and encoded again from ``source`` for a
+    retry. An outstanding chat call then holds no copy of its body, which the rollout's
+    history already holds (docs/PERFORMANCE.md). Without ``source`` the bytes are kept."""
+
+    __slots__ = ("_encoded", "_source")
+
+    def __init__(self, encoded: bytes, source: Mapping[str, JSON] | None = None) -> None:
+        self._encoded: bytes | None = encoded
+        self._source = source
+
+    def __call__(self) -> bytes:
+        encoded = self._encoded
+        if self._source is None:
+            assert encoded is not None
+            return encoded
+        self._encoded = None
+        return encoded if encoded is not None else _json.dumps(self._source)
 
 
-@functools.lru_cache(maxsize=1024)
-def _parsed(url: str) -> httpx.URL:
-    """``url`` parsed once and shared (immutable) by every call to it: a trainer's
-    endpoints are few, each outstanding call otherwise held its own parse."""
-    return httpx.URL(url)
+def _chat_payload(body: Mapping[str, JSON]) -> _Payload:
+    """``body`` as strict JSON, encoded again for each retry. Raises
+    :class:`~rollout.errors.AgentError` when it is not strict JSON."""
+    try:
+        return _Payload(_json.dumps(body), body)
+    except _json.JSONError as exc:
+        raise AgentError(f"the chat request cannot be sent as JSON: {exc}") from None
 
 
 def _excerpt(raw: bytes) -> str:
@@ -157,6 +173,7 @@ class TrainerClient:
         events: ClientEvents | None = None,
     ) -> None:
         self.transport = transport
+        self._send = sender(transport)
         self.chat_policy = chat
         self.delivery_policy = delivery
         self.max_response_bytes = max_response_bytes
@@ -202,13 +219,10 @@ class TrainerClient:
         url = endpoint(server_url, self.chat_path)
         if self.model is not None:
             body = openai_body(body, self.model)
-        try:
-            content = _json.dumps(body)
-        except _json.JSONError as exc:
-            raise AgentError(f"the chat request cannot be sent as JSON: {exc}") from None
+        payload = _chat_payload(body)
         started = trio.current_time()
         try:
-            raw = await self._post(url, content, api_key, self.chat_policy, kind="chat")
+            raw = await self._post(url, payload, api_key, self.chat_policy, kind="chat")
         finally:
             self.events.chat_seconds(trio.current_time() - started)
         try:
@@ -226,10 +240,10 @@ class TrainerClient:
         on every attempt. Raises :class:`~rollout.errors.TrainerError` when it could not be
         delivered."""
         url = endpoint(server_url, COMPLETED_PATH)
-        await self._post(url, content, api_key, self.delivery_policy, kind="delivery")
+        await self._post(url, _Payload(content), api_key, self.delivery_policy, kind="delivery")
 
     async def _post(
-        self, url: str, content: bytes, api_key: str | None, policy: RetryPolicy, *, kind: str
+        self, url: str, content: Content, api_key: str | None, policy: RetryPolicy, *, kind: str
     ) -> bytes:
         """POST with retries; ``kind`` "chat" reads the answer, "delivery" only its status.
 
@@ -239,7 +253,7 @@ class TrainerClient:
         stamina starts and replays it as its attempt 1, so the backoff, ``Retry-After`` and
         attempt count are what they would have been had it run from the start."""
         read = kind == "chat"
-        headers = list(_BASE_HEADERS)
+        headers = [(b"host", parsed_url(url).netloc), *_BASE_HEADERS]
         if api_key is not None:
             headers.append((b"authorization", f"Bearer {api_key}".encode()))
         budget = _time_left(policy.timeout)
@@ -281,7 +295,7 @@ class TrainerClient:
     async def _attempt(
         self,
         url: str,
-        content: bytes,
+        content: Content,
         headers: list[tuple[bytes, bytes]],
         policy: RetryPolicy,
         *,
@@ -292,18 +306,10 @@ class TrainerClient:
         :class:`~rollout.errors.TrainerError`: what httpx calls a transport error is
         retried, anything else is not."""
         self.events.attempt(kind)
-        seconds = policy.request_timeout
-        timeout = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+        timeouts = same_timeouts(policy.request_timeout)
         failure: TrainerError
         try:
-            request = httpx.Request(
-                "POST",
-                _parsed(url),
-                headers=headers,
-                content=content,
-                extensions={"timeout": timeout},
-            )
-            response = await self.transport.handle_async_request(request)
+            response = await self._send(b"POST", parsed_url(url), headers, content, timeouts)
             try:
                 return await self._answer(response, url, read=read)
             finally:

@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import h11
 import httpx
 import trio
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_INFORMATIONAL", "Connection", "Origin", "deadline", "reason"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "MAX_INFORMATIONAL",
+    "Connection",
+    "Content",
+    "Headers",
+    "Origin",
+    "Timeouts",
+    "deadline",
+    "reason",
+]
 
 #: Bytes asked of the socket at a time.
 READ_BYTES = 64 * 1024
@@ -36,6 +46,14 @@ MAX_INFORMATIONAL = 16
 Release = Callable[["Connection", bool], None]
 #: Where a connection goes: scheme, host and port.
 Origin = tuple[str, str, int]
+#: A request's header lines, raw: (name, value).
+Headers = Sequence[tuple[bytes, bytes]]
+#: A request's body, asked for when the request is written (once per attempt): an
+#: outstanding call then holds no copy of it.
+Content = Callable[[], bytes]
+#: Seconds per phase ("connect", "read", "write", "pool"; None or absent: none), httpx's
+#: ``timeout`` extension.
+Timeouts = Mapping[str, float | None]
 
 
 class Connection:
@@ -69,14 +87,21 @@ class Connection:
         return self.socket.is_readable()
 
     async def request(
-        self, request: httpx.Request, timeouts: Mapping[str, float | None], release: Release
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        content: Content,
+        timeouts: Timeouts,
+        release: Release,
     ) -> httpx.Response:
-        """Send ``request`` and read its answer's head. The answer's body streams from the
-        returned response; closing the response calls ``release(self, read_whole)``."""
+        """Send a request (``headers`` with its Host; the Content-Length of ``content()`` is
+        added) and read its answer's head. The answer's body streams from the returned
+        response; closing the response calls ``release(self, read_whole)``."""
         # A trainer may answer (413, 401) and close before reading the whole request: its
         # answer is still the one to report.
         with contextlib.suppress(httpx.WriteError):
-            await self._send(request, timeouts.get("write"))
+            await self._send(method, target, headers, content, timeouts.get("write"))
         read_timeout = timeouts.get("read")
         event = await self.next_event(read_timeout)
         informational = 0
@@ -96,23 +121,21 @@ class Connection:
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
         )
 
-    async def _send(self, request: httpx.Request, timeout: float | None) -> None:  # noqa: ASYNC109
-        """Write the whole request at once (its bytes are not kept past the write: an
-        outstanding call should hold no copy of its body)."""
+    async def _send(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        content: Content,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> None:
+        """Write the whole request at once; its bytes are not kept past the write."""
+        body = content()
+        framed = [*headers, (b"content-length", b"%d" % len(body))]
         try:
-            content = request.content
-        except httpx.RequestNotRead:
-            content = await request.aread()
-        try:
-            data = self._h11.send(
-                h11.Request(
-                    method=request.method,
-                    target=request.url.raw_path,
-                    headers=request.headers.raw,
-                )
-            )
-            if content:
-                data += self._h11.send(h11.Data(data=content))
+            data = self._h11.send(h11.Request(method=method, target=target, headers=framed))
+            if body:
+                data += self._h11.send(h11.Data(data=body))
             data += self._h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc)) from None

@@ -10,8 +10,11 @@ after ``keepalive_seconds``). Finding one is O(1); nothing is done per connectio
 request, unlike httpcore 1.0's pool, whose work on every request grows with its size
 (docs/PERFORMANCE.md).
 
-The pool is an httpx transport: :class:`~rollout._trainer.client.TrainerClient` does not
-know it from httpx's own, or from :class:`httpx.MockTransport` in tests.
+:meth:`ConnectionPool.send` is what :class:`~rollout._trainer.client.TrainerClient` calls: no
+:class:`httpx.Request` is made, and the body is asked for when it is written, so an
+outstanding call holds neither. The pool is an httpx transport too
+(:meth:`~ConnectionPool.handle_async_request`), like httpx's own or
+:class:`httpx.MockTransport` in tests.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import trio
 
-from .http11 import Connection, Origin, deadline, reason
+from .http11 import Connection, Content, Headers, Origin, Timeouts, deadline, reason
 
 __all__ = ["Connect", "ConnectionPool"]
 
@@ -32,6 +35,8 @@ __all__ = ["Connect", "ConnectionPool"]
 Connect = Callable[[str, int, float | None], Awaitable[trio.SocketStream]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Request headers :meth:`Connection.request` sets itself (the body is sent whole).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class ConnectionPool(httpx.AsyncBaseTransport):
@@ -64,13 +69,23 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self.opened = 0
         self.open = 0
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+    async def send(
+        self,
+        method: bytes,
+        url: httpx.URL,
+        headers: Headers,
+        content: Content,
+        timeouts: Timeouts,
+    ) -> httpx.Response:
+        """Send a request to ``url`` (``headers`` with its Host; Content-Length is added for
+        ``content()``, asked for once, when the request is written) and return the answer
+        once its head is read; its body streams, and closing it gives the connection back.
+        ``timeouts`` are seconds per phase (httpx's ``timeout`` extension). Raises httpx's
+        exceptions, like its transport."""
         port = _DEFAULT_PORTS.get(url.scheme)
         if port is None:
             raise httpx.UnsupportedProtocol(f"the URL scheme must be http or https: {url.scheme!r}")
         origin = (url.scheme, url.raw_host.decode("ascii"), url.port or port)
-        timeouts = request.extensions.get("timeout", {})
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")
         self._prune()
@@ -82,13 +97,29 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         connection = None
         try:
             connection = self._take(origin) or await self._open(origin, timeouts.get("connect"))
-            return await connection.request(request, timeouts, self._release)
+            return await connection.request(
+                method, url.raw_path, headers, content, timeouts, self._release
+            )
         except BaseException:
             if connection is not None:
                 self._discard(connection)
             if self._slots is not None:
                 self._slots.release()
             raise
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """:meth:`send` for an :class:`httpx.Request` (its body read whole first)."""
+        content = await request.aread()
+        headers = [
+            (name, value) for name, value in request.headers.raw if name.lower() not in _FRAMING
+        ]
+        return await self.send(
+            request.method.encode("ascii"),
+            request.url,
+            headers,
+            lambda: content,
+            request.extensions.get("timeout", {}),
+        )
 
     def _take(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)

@@ -1,29 +1,59 @@
-"""The httpx transports trainer calls go through (:class:`~rollout._trainer.client.TrainerClient`
-sends each request to its transport directly, without :class:`httpx.AsyncClient`).
+"""How trainer calls reach a trainer (:class:`~rollout._trainer.client.TrainerClient` sends each
+request to its transport directly, without :class:`httpx.AsyncClient`).
 
 - :func:`policed_transport`: the server's. Keep-alive HTTP/1.1 connections
   (:mod:`rollout._trainer.pool`) that obey the trainer policy (:mod:`rollout._trainer.policy`).
 - :class:`ClientTransport`: a developer's machine (``rollout test``, ``rollout eval``), where
   the environment's proxies and CA files apply.
+- :func:`sender`: how the client sends through either (or any httpx transport).
 
-And :func:`redact_url`, how every log line and error names a trainer's URL.
+And the URLs: :func:`endpoint` builds one, :func:`parsed_url` parses it once,
+:func:`redact_url` names it in every log line and error.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .http11 import Content, Headers, Timeouts
 from .policy import TrainerPolicy, connect
 from .pool import ConnectionPool
 
-__all__ = ["ClientTransport", "RedactURLs", "policed_transport", "redact_url"]
+__all__ = [
+    "ClientTransport",
+    "RedactURLs",
+    "Send",
+    "endpoint",
+    "parsed_url",
+    "policed_transport",
+    "redact_url",
+    "same_timeouts",
+    "sender",
+]
 
 #: How long an idle connection to a trainer is kept for reuse, seconds.
 KEEPALIVE_SECONDS = 30.0
+
+
+def endpoint(server_url: str, path: str) -> str:
+    """``path`` appended to ``server_url``'s path, before its query, if any."""
+    parts = urlsplit(server_url)
+    if not parts.query:
+        return server_url + path
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> httpx.URL:
+    """``url`` parsed once and shared (immutable) by every call to it: a trainer's
+    endpoints are few, each outstanding call otherwise held its own parse."""
+    return httpx.URL(url)
 
 
 def redact_url(url: str | httpx.URL) -> str:
@@ -81,3 +111,35 @@ def policed_transport(policy: TrainerPolicy, max_connections: int | None = None)
         max_connections=max_connections,
         keepalive_seconds=KEEPALIVE_SECONDS,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def same_timeouts(seconds: float | None) -> Timeouts:
+    """The same ``seconds`` for every phase, shared by every call that uses it."""
+    return MappingProxyType(dict.fromkeys(("connect", "read", "write", "pool"), seconds))
+
+
+#: Sends one request: method, URL, headers (with Host), body, timeouts; returns the answer
+#: once its head is read, its body streamed (:meth:`ConnectionPool.send`).
+Send = Callable[[bytes, httpx.URL, Headers, Content, Timeouts], Awaitable[httpx.Response]]
+
+
+def sender(transport: httpx.AsyncBaseTransport) -> Send:
+    """How requests reach ``transport``: our pool's :meth:`~ConnectionPool.send`, or an
+    :class:`httpx.Request` for any other (MockTransport in tests, :class:`ClientTransport`)."""
+    if isinstance(transport, ConnectionPool):
+        return transport.send
+
+    async def send(
+        method: bytes, url: httpx.URL, headers: Headers, content: Content, timeouts: Timeouts
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method.decode("ascii"),
+            url,
+            headers=headers,
+            content=content(),
+            extensions={"timeout": timeouts},
+        )
+        return await transport.handle_async_request(request)
+
+    return send
