@@ -103,6 +103,17 @@ class Connection:
         with contextlib.suppress(httpx.WriteError):
             await self._send(method, target, headers, content, timeouts.get("write"))
         read_timeout = timeouts.get("read")
+        if isinstance(self.stream, trio.SocketStream):
+            # Wait for the answer to start with four frames held, not the nine of a
+            # stream read (the answer may take seconds; 20,000 calls may wait at once).
+            # Under TLS a read must do it: bytes may be waiting inside the TLS layer.
+            with trio.CancelScope(deadline=deadline(read_timeout)) as waiting:
+                try:
+                    await trio.lowlevel.wait_readable(self.socket)
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise httpx.ReadError(reason(exc)) from None
+            if waiting.cancelled_caught:
+                raise httpx.ReadTimeout("reading from the trainer timed out")
         event = await self.next_event(read_timeout)
         informational = 0
         while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
