@@ -212,10 +212,11 @@ class _Body(httpx.AsyncByteStream):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
+        # No checkpoint: when a trainer answers thousands of calls at once, a yield here
+        # would park every rollout holding its whole answer (docs/PERFORMANCE.md).
         release, self._release = self._release, None
         if release is not None:
             release(self._connection, self._done)
-        await trio.lowlevel.checkpoint()
 
 
 def deadline(timeout: float | None) -> float:
