@@ -312,9 +312,12 @@ class RolloutContext:
 
         started = trio.current_time()
         try:
-            async with trio.open_nursery() as nursery:
-                for index in range(len(calls)):
-                    nursery.start_soon(run, index)
+            if len(calls) == 1:  # the usual case, in this task: no nursery and task to hold
+                await run(0)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for index in range(len(calls)):
+                        nursery.start_soon(run, index)
         finally:
             self._counters.tool_seconds += trio.current_time() - started
         replies = tuple(
