@@ -32,6 +32,8 @@ def test_snapshots_only_of_new_turns_and_bounded_per_round(monkeypatch: Any) -> 
     monkeypatch.setattr(leases, "_ENCODE_PER_ROUND", 3)
     local = {f"r-{i}": _running(1) for i in range(5)} | {"idle": _running(0)}
     keeper = _leases(local)
+    for rollout_id in ("r-0", "r-1", "r-2", "r-3", "gone", "r-4"):  # each made a turn
+        keeper.turned(rollout_id)
 
     first = keeper._snapshots()
     assert [s.rollout_id for s in first] == ["r-0", "r-1", "r-2"]  # the bound
@@ -41,5 +43,6 @@ def test_snapshots_only_of_new_turns_and_bounded_per_round(monkeypatch: Any) -> 
     assert keeper._snapshots() == []  # nothing new: nothing written
 
     local["r-1"].context.turns, local["r-1"].context.prompt_tokens = 2, 20
+    keeper.turned("r-1")
     (again,) = keeper._snapshots()
     assert (again.rollout_id, again.turns, again.prompt_tokens) == ("r-1", 2, 20)

@@ -92,7 +92,8 @@ class Leases:
         self._adopt = adopt
         self._room = room
         self._draining = draining
-        self._saved: dict[str, int] = {}  # rollout_id -> turns in the last snapshot
+        #: Rollouts that made a turn since their last snapshot, in order (:meth:`turned`).
+        self._turned: dict[str, None] = {}
         self._failing = False
         #: Rollouts taken over from other workers by this one.
         self.taken_over = 0
@@ -141,21 +142,27 @@ class Leases:
         if sweep:
             await self.store.sweep()
 
+    def turned(self, rollout_id: str) -> None:
+        """A rollout of this worker made a turn: snapshot it at the next renewal."""
+        self._turned[rollout_id] = None
+
     def _snapshots(self) -> list[Progress]:
         """Snapshots (with the trajectory) of the rollouts that made turns since the last
-        round, at most ``_ENCODE_PER_ROUND`` of them (the others wait for the next round):
-        each is encoded on the event loop and written in one transaction. A rollout still
-        at turn 0 needs none: the store has its init's messages from the claim."""
+        round (:meth:`turned`), at most ``_ENCODE_PER_ROUND`` of them (the others wait for
+        the next round): each is encoded on the event loop and written in one transaction.
+        A rollout still at turn 0 needs none: the store has its init's messages from the
+        claim. The work is per rollout that turned, not per rollout held: a scan of 19,000
+        every renewal stalled the event loop for tens of milliseconds
+        (docs/PERFORMANCE.md)."""
         snapshots: list[Progress] = []
-        saved, self._saved = self._saved, {}
-        for rollout_id, control in list(self._local.items()):
-            if control.phase not in (Phase.QUEUED, Phase.RUNNING) or control.context is None:
+        turned, self._turned = self._turned, {}
+        for rollout_id in turned:
+            if len(snapshots) >= _ENCODE_PER_ROUND:
+                self._turned[rollout_id] = None
                 continue
-            turns, before = control.context.turns, saved.get(rollout_id, 0)
-            if turns == before or len(snapshots) >= _ENCODE_PER_ROUND:
-                self._saved[rollout_id] = before
+            control = self._local.get(rollout_id)
+            if control is None or control.phase not in (Phase.QUEUED, Phase.RUNNING):
                 continue
-            self._saved[rollout_id] = turns
             if (snapshot := progress_of(rollout_id, control, messages=True)) is not None:
                 snapshots.append(snapshot)
         return snapshots

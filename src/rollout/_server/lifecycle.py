@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -127,17 +128,22 @@ async def run_rollout(
     *,
     tool_limiter: trio.CapacityLimiter | None = None,
     trace: Trace = NO_TRACE,
+    on_turn: Callable[[str], None] | None = None,
 ) -> RolloutResult:
     """Run ``agent`` on ``request`` and return its one result. Never raises but
     :class:`trio.Cancelled` from a scope *outside* ``control.scope``.
 
     Waits for one of ``control.slots``, then enters RUNNING; ``total_latency_ms`` counts
     from ``control.started_at``. LLM turns go where ``trainer`` sends chat requests (the
-    synchronous variant's client uses ``/v1/completions``, docs/PROTOCOL.md §6).
+    synchronous variant's client uses ``/v1/completions``, docs/PROTOCOL.md §6); after
+    each answered one, ``on_turn(rollout_id)`` (the leases' snapshots).
     """
 
     async def send_chat(body: dict[str, JSON]) -> Completion:
-        return await trainer.chat(request.server_url, body, api_key=request.api_key)
+        completion = await trainer.chat(request.server_url, body, api_key=request.api_key)
+        if on_turn is not None:
+            on_turn(request.rollout_id)
+        return completion
 
     ctx = RolloutContext(
         rollout_id=request.rollout_id,

@@ -244,6 +244,7 @@ class Supervisor:
                 control,
                 tool_limiter=self._tool_limiter,
                 trace=trace,
+                on_turn=self.leases.turned,
             )
         except Exception as exc:  # run_rollout never raises: a bug of ours
             self.internal_errors += 1
