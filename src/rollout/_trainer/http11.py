@@ -6,9 +6,9 @@ and the socket, under the request's timeouts, and turns every failure into the h
 exception httpx's own transport would raise, so that callers see no difference.
 
 It exists for memory: an outstanding call through httpx's transport and httpcore's pool
-held ~15 KB and ~90 objects until its answer came; through this, ~7 KB and ~40
-(``benchmarks/http_clients.py``, docs/PERFORMANCE.md). With 20,000 calls outstanding at a
-trainer that is 160 MB, and objects the garbage collector walks in every full collection.
+held ~15 KB and ~90 objects until its answer came; a trainer client's call through this,
+~6 KB and ~34 (``benchmarks/http_clients.py``, docs/PERFORMANCE.md). With 20,000 calls
+outstanding at a trainer that is 120 MB, and objects the garbage collector walks.
 """
 
 from __future__ import annotations
