@@ -35,7 +35,9 @@ The load tool's own garbage collector is off during each scenario: its pauses wo
 otherwise show as the server's latency.
 
 Sizes are bounded by RLIMIT_NOFILE: the load tool and the server raise their soft limit to
-the hard one, and the in-flight table warns when the hard limit is below N + 64.
+the hard one, and the in-flight table warns when the hard limit is below N + 64. It also
+warns when N passes half the kernel's ephemeral port range: past it, every connect() to the
+trainer scans the range, and the ``202``'s tail shows it (docs/DEPLOYMENT.md, "What to size").
 
 Exit status 0 when the run completed (targets missed or not: it is a measurement), 1 when a
 rollout was lost or a scenario failed.
@@ -66,6 +68,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from rollout._cli.host import capacity_warnings, ephemeral_ports
 from rollout._dataset import Problem, load_problems
 
 if str(Path(__file__).resolve().parent) not in sys.path:
@@ -452,8 +455,12 @@ async def _in_flight(options: Options, tmp: Path) -> Figures:
         "server_cpu_ms_per_rollout": round(cpu * 1000 / max(1, len(load.accepted)), 3),
         "load_tool_cpu_ms_per_rollout": round(load_cpu * 1000 / max(1, len(load.accepted)), 3),
         "nofile_limit_server": [soft, hard],
+        "ephemeral_ports": list(ephemeral_ports() or ()),
         **_log_problems(tmp / "in-flight.log"),
     }
+    # Past half the range, every connect() to the trainer scans it: the 202's tail.
+    if ports_warning := capacity_warnings(n, open_files=None, ports=ephemeral_ports()):
+        figures["ports_warning"] = ports_warning[0]
     if hard < n + 64:
         figures["warning"] = (
             f"RLIMIT_NOFILE hard limit {hard} < {n} + 64: {n} connections to the trainer"
@@ -699,7 +706,8 @@ def _targets(options: Options, results: dict[str, Figures]) -> list[Target]:
             Target("in-flight", "0 lost", str(f["lost"]), f["lost"] == 0),
             Target("in-flight", "202 p99 < 50 ms in every 1 s window",
                    f"{f['latency_202_worst_1s_window_p99_ms']} ms (overall p99 "
-                   f"{f['latency_202'].get('p99_ms')} ms)",
+                   f"{f['latency_202'].get('p99_ms')} ms; ephemeral ports "
+                   f"{'-'.join(map(str, f['ephemeral_ports'])) or 'unknown'})",
                    f["latency_202_worst_1s_window_p99_ms"] is not None
                    and f["latency_202_worst_1s_window_p99_ms"] < 50),
             Target("in-flight", "RSS <= 20 KiB per in-flight rollout",

@@ -19,10 +19,9 @@ from ._cli.common import (
     checked_agent,
     configure_logging,
     group_size_option,
-    raise_open_files_limit,
-    tune_gc,
 )
 from ._cli.eval import eval_command
+from ._cli.host import raise_open_files_limit, tune_gc, warn_capacity
 from ._cli.local import test_command
 from ._cli.trace import trace_command
 from ._server.serve import check_store, serve
@@ -188,7 +187,10 @@ def serve_command(
     docs/SECURITY.md).
     """
     configure_logging(log_level, log_format)
-    raise_open_files_limit()
+    if listen_fd is None:  # not a worker: the process that sees every worker's share
+        warn_capacity(max_concurrent, processes=workers)
+    else:
+        raise_open_files_limit()
     agent = checked_agent(agent_ref)
     if reload and workers > 1:
         raise click.UsageError("--reload serves one process: leave out --workers")

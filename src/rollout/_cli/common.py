@@ -3,7 +3,6 @@ logging, the defaults (from :class:`~rollout.ServerConfig`: one place) and progr
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 
@@ -25,8 +24,6 @@ __all__ = [
     "configure_logging",
     "group_size_option",
     "load_agent",
-    "raise_open_files_limit",
-    "tune_gc",
 ]
 
 DEFAULT_AGENT = "rollout.examples.calculator:agent"
@@ -112,46 +109,3 @@ agent_option = click.option(
     show_default=True,
     help="The agent, as module:name.",
 )
-
-
-#: Allocations between two young-generation collections of the cyclic garbage collector
-#: (CPython's default is 700). See :func:`tune_gc`.
-GC_YOUNG_THRESHOLD = 10_000
-#: Young collections between two of the middle generation (CPython's default is 10): with
-#: :data:`GC_YOUNG_THRESHOLD`, one every 5,000,000 allocations. See :func:`tune_gc`.
-GC_MIDDLE_THRESHOLD = 500
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a server holding thousands of rollouts.
-
-    With CPython's defaults, collections took ~18% of the server's CPU at 1,024 rollouts in
-    flight, and their pauses were most of the ``202`` latency's spikes at thousands in
-    flight (docs/PERFORMANCE.md): a young collection every 700 allocations, and each older
-    one walking every object alive, imported modules included. Here: what exists once the
-    agent is loaded is frozen (never walked again), young collections come every
-    :data:`GC_YOUNG_THRESHOLD` allocations (a pause grows with it: 30-45 ms at 50,000 on
-    the benchmark machine, under 25 ms at 10,000), the middle generation after
-    :data:`GC_MIDDLE_THRESHOLD` of them (it walks every rollout's objects: rarely) and the
-    oldest after 100 of those (CPython: 10 and 10). Reference counting still frees nearly
-    everything at once; only reference cycles wait longer to be freed."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, 100)
-
-
-def raise_open_files_limit() -> None:
-    """Raise this process's open-files limit to its hard limit: every rollout's chat call
-    holds a connection, and 1024 (a common soft limit) would cap rollouts in flight."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Unix
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return
-        logging.getLogger("rollout").debug("open files limit: %d (was %d)", target, soft)
