@@ -19,7 +19,9 @@ Trio + h11 trainer (benchmarks/_h11_trainer.py) and the init sender.
 - ``stub``: the same against benchmarks/_stub_server.py, the least a rollout server must do:
   the machine's ceiling, and ours as a ratio of it.
 - ``workers``: throughput with ``rollout serve --workers N`` (``--workers``, default 2) vs
-  one worker, both unpinned. Target: ratio >= 0.8 per worker.
+  one worker, both unpinned. Target: ratio >= 0.8 per worker. Where the load tool shares
+  the workers' cores, it also reports the rate the cores allow (cores over the CPU the
+  workers and the load tool spend per rollout) and the share of it the workers reached.
 
     uv run python benchmarks/scale.py                          # everything, full size
     uv run python benchmarks/scale.py --scenarios throughput,stub --rollouts 500
@@ -630,18 +632,29 @@ async def _workers(options: Options, tmp: Path) -> Figures:
         options, tmp, "workers-n", _ours(tmp, "workers-n", budget, options.workers), False
     )
     ratio = many["rollouts_per_s"] / max(one["rollouts_per_s"], 1e-9)
+    cores = len(os.sched_getaffinity(0))
+    # What the cores allow the workers when the load tool's CPU is paid from the same cores:
+    # the rate at which workers and load tool together would use every core.
+    spent = many["server_cpu_ms_per_rollout"] + many["load_tool_cpu_ms_per_rollout"]
+    ceiling = cores * 1000 / max(spent, 1e-9)
     figures: Figures = {
         "workers": options.workers,
         "one_worker": one,
         "n_workers": many,
         "ratio": round(ratio, 3),
+        "cpu_per_rollout_n_vs_one": round(
+            many["server_cpu_ms_per_rollout"] / max(one["server_cpu_ms_per_rollout"], 1e-9), 3
+        ),
+        "cores_ceiling_rollouts_per_s": round(ceiling, 1),
+        "share_of_cores_ceiling": round(many["rollouts_per_s"] / ceiling, 3),
         "lost": one["lost"] + many["lost"],
     }
-    cores = len(os.sched_getaffinity(0))
     if cores <= options.workers:
         figures["caveat"] = (
             f"{cores} cores for {options.workers} workers and the load tool: the load tool"
             " competes with the workers for CPU, so the ratio understates their scaling"
+            f" (the cores allow {ceiling:.0f} rollouts/s, the workers reached"
+            f" {figures['share_of_cores_ceiling']:.0%} of it)"
         )
     return figures
 
