@@ -9,6 +9,7 @@ other id gets a one-turn final answer and a plain ``200`` acknowledgement.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -57,6 +58,9 @@ CHAT_POISONS: dict[str, tuple[int, Headers, bytes]] = {
     "html-error": (500, [(b"content-type", b"text/html")], b"<h1>\x00\x1b[31m oops</h1>" * 50),
     "broken-gzip-error": (503, [(b"content-encoding", b"gzip")], b"not gzip either"),
     "huge": (200, _JSON, b""),  # streamed: see HUGE_BYTES
+    # 32 KiB on the wire, 32 MiB inflated: decoded a bounded piece at a time, never whole.
+    "gzip-bomb": (200, [*_JSON, (b"content-encoding", b"gzip")], gzip.compress(bytes(1 << 25))),
+    "unasked-encoding": (200, [*_JSON, (b"content-encoding", b"br")], b"\x1b\x00 brotli?"),
 }
 #: Acknowledgements of a result that are still acknowledgements (any 2xx).
 COMPLETED_POISONS: dict[str, tuple[int, Headers, bytes]] = {

@@ -107,6 +107,8 @@ EXPECTED_ERRORS = {
     "html-error": "Trainer HTTP error: 500",
     "broken-gzip-error": "Trainer HTTP error: 503",
     "huge": "more than 65536 bytes",
+    "gzip-bomb": "more than 65536 bytes",
+    "unasked-encoding": "which was not asked for",
 }
 
 

@@ -42,6 +42,7 @@ from ..errors import (
     TrainerTransportError,
 )
 from .chat import Completion, openai_body, parse_completion
+from .decoding import TooLarge, read_decoded
 from .http11 import Content
 from .transport import endpoint, parsed_url, redact_url, same_timeouts, sender
 
@@ -59,7 +60,7 @@ _BODY_EXCERPT_CHARS = 300
 _DISCARD_BYTES = 64 * 1024
 
 
-#: Sent with every request (the decoders for both encodings are httpx's).
+#: Sent with every request (both encodings decoded within the size limit: .decoding).
 _BASE_HEADERS = (
     (b"user-agent", f"rollout/{version()}".encode()),
     (b"accept", b"*/*"),
@@ -350,7 +351,7 @@ class TrainerClient:
 
     async def _read(self, response: httpx.Response, limit: int, url: str) -> bytes:
         """The decoded body, or :class:`~rollout.errors.TrainerExchangeError` past ``limit``
-        bytes (stops reading there: the rest never reaches memory)."""
+        bytes, compressed or not (stops reading there: the rest never reaches memory)."""
         declared = response.headers.get("content-length", "")
         if (
             declared.isdigit()
@@ -360,26 +361,17 @@ class TrainerClient:
             raise TrainerExchangeError(
                 f"{_where(url)} answered {int(declared)} bytes; the limit is {limit} bytes"
             )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise TrainerExchangeError(
-                    f"{_where(url)} answered more than {limit} bytes (the limit); not read further"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await read_decoded(response, limit)
+        except TooLarge:
+            raise TrainerExchangeError(
+                f"{_where(url)} answered more than {limit} bytes (the limit); not read further"
+            ) from None
 
     async def _excerpt_of(self, response: httpx.Response) -> bytes:
         """The start of an error answer, for :attr:`~rollout.errors.TrainerError.body`."""
         try:
-            excerpt = b""
-            async for chunk in response.aiter_bytes():
-                excerpt += chunk
-                if len(excerpt) >= _BODY_EXCERPT_CHARS * 4:
-                    break
-            return excerpt
+            return await read_decoded(response, _BODY_EXCERPT_CHARS * 4, truncate=True)
         except httpx.HTTPError:
             return b""
 
