@@ -35,7 +35,8 @@ class RetryPolicy:
     """How one kind of trainer request is retried. Times in seconds.
 
     ``attempts`` counts the first try (``None``: unlimited, bounded by ``timeout``);
-    ``timeout`` bounds all attempts and waits together (``None``: only the caller's deadline);
+    ``timeout`` bounds all attempts and waits together, cutting off an attempt under way
+    (``None``: only the caller's deadline);
     ``request_timeout`` bounds one attempt (connect, each read and write).
     """
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from rollout import RetryPolicy, TrainerExchangeError, TrainerHTTPError
+from rollout import RetryPolicy, TrainerExchangeError, TrainerHTTPError, TrainerTransportError
 from rollout._trainer.client import TrainerClient
 
 FINAL = {
@@ -127,3 +127,27 @@ async def test_any_2xx_acknowledges_a_result_whatever_its_body(
     assert len(seen) == 1
     assert seen[0].headers["authorization"] == "Bearer k"
     assert seen[0].url.path == "/v1/rollout/completed"
+
+
+async def test_a_trickled_acknowledgement_ends_within_the_delivery_budget(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class Trickle(httpx.AsyncByteStream):
+        """A byte a second, forever: each read well within the per-read timeout."""
+
+        def __aiter__(self) -> Trickle:
+            return self
+
+        async def __anext__(self) -> bytes:
+            await trio.sleep(1.0)
+            return b" "
+
+    handler, seen = _answers(httpx.Response(200, stream=Trickle()))
+    budget = RetryPolicy(attempts=None, timeout=60.0, request_timeout=30.0)
+    client = TrainerClient(httpx.MockTransport(handler), chat=POLICY, delivery=budget)
+    started = trio.current_time()
+    with trio.fail_after(600):  # unbounded, the 64 KiB acknowledgement read takes 18 hours
+        with pytest.raises(TrainerTransportError, match=r"did not succeed within 60 s"):
+            await client.deliver_bytes("http://trainer", b"{}", api_key=None)
+    assert trio.current_time() - started == pytest.approx(60.0)
+    assert len(seen) == 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -44,6 +43,7 @@ from ..errors import (
 from .chat import Completion, openai_body, parse_completion
 from .decoding import TooLarge, read_decoded
 from .http11 import Content
+from .retries import log_retry, retry_after, retry_hook, time_left
 from .transport import endpoint, parsed_url, redact_url, same_timeouts, sender
 
 __all__ = ["RetryPolicy", "TrainerClient"]
@@ -60,6 +60,9 @@ _BODY_EXCERPT_CHARS = 300
 _DISCARD_BYTES = 64 * 1024
 
 
+#: The bound of a request whose policy has no ``timeout`` (the caller's deadline holds).
+_UNBOUNDED: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+
 #: Sent with every request (both encodings decoded within the size limit: .decoding).
 _BASE_HEADERS = (
     (b"user-agent", f"rollout/{version()}".encode()),
@@ -67,26 +70,6 @@ _BASE_HEADERS = (
     (b"accept-encoding", b"gzip, deflate"),
     (b"content-type", b"application/json"),
 )
-
-
-def _retry_hook(exc: Exception) -> bool | float:
-    """stamina's ``on=`` hook: retry or not, and a ``Retry-After`` that overrides the wait.
-
-    Transport errors and 5xx/408/429 are retried; nothing else (docs/PROTOCOL.md §4.3)."""
-    if isinstance(exc, TrainerTransportError):
-        return True
-    if isinstance(exc, TrainerHTTPError) and exc.retryable:
-        return exc.retry_after if exc.retry_after is not None else True
-    return False
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP-date: fall back to our own backoff
-    return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
 class _Payload:
@@ -257,41 +240,48 @@ class TrainerClient:
         headers = [(b"host", parsed_url(url).netloc), *_BASE_HEADERS]
         if api_key is not None:
             headers.append((b"authorization", f"Bearer {api_key}".encode()))
-        budget = _time_left(policy.timeout)
-        started = trio.current_time()
-        try:
-            return await self._attempt(url, content, headers, policy, kind=kind, read=read)
-        except TrainerError as exc:
-            first = exc
-        if budget is not None:
-            budget = max(0.0, budget - (trio.current_time() - started))
-        attempt_number = 1
-        try:
-            async for attempt in stamina.retry_context(
-                on=_retry_hook,
-                attempts=policy.attempts,
-                timeout=budget,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
-                wait_jitter=policy.wait_jitter,
-            ):
-                with attempt:
-                    attempt_number = attempt.num
-                    try:
-                        if attempt.num == 1:
-                            raise first
-                        return await self._attempt(
-                            url, content, headers, policy, kind=kind, read=read
-                        )
-                    except TrainerError as exc:
-                        if _log_retry(exc, attempt.num, attempt.next_wait, policy):
-                            self.events.retry(kind)
-                        raise
-        except TrainerError as exc:
-            if attempt_number > 1:
-                exc.args = (f"{exc.args[0]} (after {attempt_number} attempts)",)
-            raise
-        raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
+        # ``timeout`` bounds the attempts too, not only the waits between them: an answer
+        # trickled a byte per read timeout would otherwise hold an attempt for days.
+        bound = _UNBOUNDED if policy.timeout is None else trio.move_on_after(policy.timeout)
+        with bound:
+            budget = time_left(policy.timeout)
+            started = trio.current_time()
+            try:
+                return await self._attempt(url, content, headers, policy, kind=kind, read=read)
+            except TrainerError as exc:
+                first = exc
+            if budget is not None:
+                budget = max(0.0, budget - (trio.current_time() - started))
+            attempt_number = 1
+            try:
+                async for attempt in stamina.retry_context(
+                    on=retry_hook,
+                    attempts=policy.attempts,
+                    timeout=budget,
+                    wait_initial=policy.wait_initial,
+                    wait_max=policy.wait_max,
+                    wait_jitter=policy.wait_jitter,
+                ):
+                    with attempt:
+                        attempt_number = attempt.num
+                        try:
+                            if attempt.num == 1:
+                                raise first
+                            return await self._attempt(
+                                url, content, headers, policy, kind=kind, read=read
+                            )
+                        except TrainerError as exc:
+                            if log_retry(exc, attempt.num, attempt.next_wait, policy):
+                                self.events.retry(kind)
+                            raise
+            except TrainerError as exc:
+                if attempt_number > 1:
+                    exc.args = (f"{exc.args[0]} (after {attempt_number} attempts)",)
+                raise
+            raise AssertionError("unreachable: stamina returns or raises")  # pragma: no cover
+        raise TrainerTransportError(
+            f"{_where(url)} did not succeed within {policy.timeout:g} s (its retry budget)"
+        )
 
     async def _attempt(
         self,
@@ -340,7 +330,7 @@ class TrainerClient:
             raise TrainerHTTPError(
                 f"{_where(url)} answered HTTP {response.status_code}",
                 status=response.status_code,
-                retry_after=_retry_after(response),
+                retry_after=retry_after(response),
                 body=_excerpt(await self._excerpt_of(response)),
             )
         if not read:  # an acknowledgement: its body does not matter
@@ -389,23 +379,3 @@ def _scrub(exc: BaseException, headers: list[tuple[bytes, bytes]]) -> str:
             secret = value.decode()
             text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
     return text[:500]
-
-
-def _log_retry(exc: TrainerError, number: int, backoff: float, policy: RetryPolicy) -> bool:
-    """One line per retried attempt: what (method, redacted URL: in the error's message),
-    which attempt, how long until the next, and why. Returns whether it will be retried."""
-    verdict = _retry_hook(exc)
-    if verdict is False or (policy.attempts is not None and number >= policy.attempts):
-        return False
-    wait = verdict if not isinstance(verdict, bool) else backoff
-    log.warning("%s; attempt %d failed, retrying in %.2g s or more", exc, number, wait)
-    return True
-
-
-def _time_left(timeout: float | None) -> float | None:
-    """The retry budget: ``timeout``, shortened to the time left before the Trio deadline."""
-    deadline = trio.current_effective_deadline()
-    if math.isinf(deadline):
-        return timeout
-    left = max(0.0, deadline - trio.current_time())
-    return left if timeout is None else min(timeout, left)
