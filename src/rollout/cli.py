@@ -187,15 +187,15 @@ def serve_command(
     docs/SECURITY.md).
     """
     configure_logging(log_level, log_format)
-    if listen_fd is None:  # not a worker: the process that sees every worker's share
-        warn_capacity(max_concurrent, processes=workers)
-    else:
-        raise_open_files_limit()
     agent = checked_agent(agent_ref)
     if reload and workers > 1:
         raise click.UsageError("--reload serves one process: leave out --workers")
     if reload:
         _serve_with_reload()
+    if listen_fd is None:  # not a worker: the process that sees every worker's share
+        warn_capacity(max_concurrent, processes=workers)
+    else:
+        raise_open_files_limit()
     try:
         config = ServerConfig(
             api_key=api_key or None,
