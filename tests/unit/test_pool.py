@@ -337,3 +337,15 @@ async def test_https_verifies_the_trainers_certificate() -> None:
             with pytest.raises(httpx.ConnectError, match="TLS"):
                 await _call(pool, url)
             assert pool.open == 0
+
+
+async def test_idle_connections_are_closed_when_no_request_comes() -> None:
+    async with serving() as server, _pool(keepalive_seconds=0.2) as pool:
+        await _call(pool, f"http://127.0.0.1:{server.port}/")
+        assert pool.open == 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.prune_forever)
+            with trio.fail_after(5):
+                await server.closed.wait()  # the trainer saw the idle connection close
+            nursery.cancel_scope.cancel()
+        assert (pool.opened, pool.open) == (1, 0)

@@ -147,6 +147,7 @@ class Supervisor:
                 if self.traces is not None:
                     await nursery.start(self.traces.run)
                 nursery.start_soon(self.leases.run, name="lease")
+                nursery.start_soon(self.trainer.keep_connections_pruned, name="idle connections")
                 if self.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                     nursery.start_soon(self.metrics.keep_observing)
                 task_status.started()

@@ -43,6 +43,7 @@ from ..errors import (
 from .chat import Completion, openai_body, parse_completion
 from .decoding import TooLarge, read_decoded
 from .http11 import Content
+from .pool import ConnectionPool
 from .retries import log_retry, retry_after, retry_hook, time_left
 from .transport import endpoint, parsed_url, redact_url, same_timeouts, sender
 
@@ -181,6 +182,14 @@ class TrainerClient:
             model=self.model,
             events=self.events,
         )
+
+    async def keep_connections_pruned(self) -> None:
+        """Close idle connections as they expire, also while no call is made (our pool's
+        :meth:`~rollout._trainer.pool.ConnectionPool.prune_forever`; other transports keep
+        their own). Runs until cancelled."""
+        if isinstance(self.transport, ConnectionPool):
+            await self.transport.prune_forever()
+        await trio.sleep_forever()
 
     async def chat(
         self,

@@ -46,7 +46,8 @@ class ConnectionPool(httpx.AsyncBaseTransport):
     At most ``max_connections`` connections in all (None: no limit); past it a request
     waits for one, up to its ``pool`` timeout (then ``httpx.PoolTimeout``). An idle
     connection is kept ``keepalive_seconds``; the expired ones are closed at most every
-    ``keepalive_seconds / 2``, on a request. Raises httpx's exceptions, like its transport.
+    ``keepalive_seconds / 2``, on a request or by :meth:`prune_forever`. Raises httpx's
+    exceptions, like its transport.
     """
 
     def __init__(
@@ -170,6 +171,13 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         owes the trainer nothing)."""
         self.open -= 1
         connection.socket.close()
+
+    async def prune_forever(self) -> None:
+        """Close idle connections as they expire, also while no request comes (a request
+        prunes too): a quiet trainer leaves no sockets open for long. Runs until cancelled."""
+        while True:
+            await trio.sleep(self._keepalive / 2)
+            self._prune()
 
     def _prune(self) -> None:
         """Close the connections idle for ``keepalive_seconds``, at most every half of it."""
