@@ -3,6 +3,7 @@ Trio's virtual clock with httpx.MockTransport (docs/PROTOCOL.md §4.3 and §5.3)
 
 from __future__ import annotations
 
+import base64
 import gzip
 import logging
 from collections.abc import Callable
@@ -151,3 +152,34 @@ async def test_a_trickled_acknowledgement_ends_within_the_delivery_budget(
             await client.deliver_bytes("http://trainer", b"{}", api_key=None)
     assert trio.current_time() - started == pytest.approx(60.0)
     assert len(seen) == 1
+
+
+async def test_credentials_in_the_trainer_url_are_sent_as_basic_auth_unless_an_api_key_is(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    handler, seen = _answers(httpx.Response(200, json=FINAL))
+    client = _client(handler)
+    await client.chat("http://us%20er:p%40ss@trainer:8000", {}, api_key=None)
+    await client.chat("http://us%20er:p%40ss@trainer:8000", {}, api_key="sk-1")
+    await client.chat("http://trainer:8000", {}, api_key=None)
+    basic, bearer, none = seen
+    assert basic.headers["authorization"] == "Basic " + base64.b64encode(b"us er:p@ss").decode()
+    assert basic.headers["host"] == "trainer:8000"
+    assert bearer.headers["authorization"] == "Bearer sk-1"
+    assert "authorization" not in none.headers
+
+
+async def test_a_failure_names_neither_the_urls_password_nor_its_basic_token(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    token = base64.b64encode(b"user:hunter2").decode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused {request.url} with Basic {token} (hunter2)")
+
+    policy = RetryPolicy(attempts=1)
+    with pytest.raises(TrainerTransportError) as caught:
+        await _client(handler, policy).chat("http://user:hunter2@trainer", {}, api_key=None)
+    assert "hunter2" not in str(caught.value)
+    assert token not in str(caught.value)
+    assert "Basic ***" in str(caught.value)

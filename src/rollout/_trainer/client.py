@@ -18,6 +18,7 @@ time left in the enclosing cancel scope.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -246,9 +247,12 @@ class TrainerClient:
         stamina starts and replays it as its attempt 1, so the backoff, ``Retry-After`` and
         attempt count are what they would have been had it run from the start."""
         read = kind == "chat"
-        headers = [(b"host", parsed_url(url).netloc), *_BASE_HEADERS]
+        parsed = parsed_url(url)
+        headers = [(b"host", parsed.netloc), *_BASE_HEADERS]
         if api_key is not None:
             headers.append((b"authorization", f"Bearer {api_key}".encode()))
+        elif parsed.userinfo:  # as httpx (and the reference) do; the api key comes first
+            headers.append((b"authorization", _basic(parsed.username, parsed.password)))
         # ``timeout`` bounds the attempts too, not only the waits between them: an answer
         # trickled a byte per read timeout would otherwise hold an attempt for days.
         bound = _UNBOUNDED if policy.timeout is None else trio.move_on_after(policy.timeout)
@@ -375,16 +379,28 @@ class TrainerClient:
             return b""
 
 
+def _basic(username: str, password: str) -> bytes:
+    """The ``Authorization`` value for credentials in a trainer URL's user info."""
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
+
+
 def _where(url: str) -> str:
     """How errors name a request: its method and redacted URL."""
     return f"POST {redact_url(url)}"
 
 
 def _scrub(exc: BaseException, headers: list[tuple[bytes, bytes]]) -> str:
-    """``exc``'s message without the Authorization header's value, in one line."""
+    """``exc``'s message without the Authorization header's value (nor, for Basic, the
+    password it encodes), in one line."""
     text = " ".join(str(exc).split())
     for name, value in headers:
         if name == b"authorization":
-            secret = value.decode()
-            text = text.replace(secret, "Bearer ***").replace(secret.split(" ", 1)[-1], "***")
+            scheme, _, secret = value.decode().partition(" ")
+            text = text.replace(f"{scheme} {secret}", f"{scheme} ***").replace(secret, "***")
+            if scheme == "Basic" and (password := _basic_password(secret)):
+                text = text.replace(password, "***")
     return text[:500]
+
+
+def _basic_password(token: str) -> str:
+    return base64.b64decode(token).decode().partition(":")[2]
