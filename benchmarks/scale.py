@@ -422,6 +422,7 @@ async def _in_flight(options: Options, tmp: Path) -> Figures:
     }
     worst = max(by_second.values(), default=None)
     opened = trainer.barrier_opened_at - started
+    ports = ephemeral_ports()
     flying = max(int(peak["in_flight"]), 1)
     figures: Figures = {
         "in_flight_target": n,
@@ -457,11 +458,11 @@ async def _in_flight(options: Options, tmp: Path) -> Figures:
         "server_cpu_ms_per_rollout": round(cpu * 1000 / max(1, len(load.accepted)), 3),
         "load_tool_cpu_ms_per_rollout": round(load_cpu * 1000 / max(1, len(load.accepted)), 3),
         "nofile_limit_server": [soft, hard],
-        "ephemeral_ports": list(ephemeral_ports() or ()),
+        "ephemeral_ports": list(ports or ()),
         **_log_problems(tmp / "in-flight.log"),
     }
     # Past half the range, every connect() to the trainer scans it: the 202's tail.
-    if ports_warning := capacity_warnings(n, open_files=None, ports=ephemeral_ports()):
+    if ports_warning := capacity_warnings(n, open_files=None, ports=ports):
         figures["ports_warning"] = ports_warning[0]
     if hard < n + 64:
         figures["warning"] = (
