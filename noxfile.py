@@ -115,6 +115,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def ports(session: nox.Session) -> None:
+    """What one more connect() to a loopback address costs as connections to it pile up
+    (benchmarks/ports.py); prints a row per thousand and writes ports-results.json."""
+    _sync(session)
+    session.run("python", "benchmarks/ports.py", *session.posargs)
+
+
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """10,000 hostile bodies and headers against a server process; fails on any 5xx."""
     _sync(session)

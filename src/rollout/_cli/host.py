@@ -67,9 +67,10 @@ def capacity_warnings(
     Each call holds a connection: a file, and a local port towards its trainer's address.
     Linux's ``connect()`` first tries the ports of one parity (half the range; the other
     half it keeps for ``bind()``). Past that half, every new connection scans the whole
-    first half before it finds a port: ~30x slower (0.7-0.9 ms instead of 25 us at
-    15,000-19,000 connections), which stalls the server's event loop and shows as the
-    ``202``'s tail latency (docs/PERFORMANCE.md). Past the whole range, connections fail.
+    first half before it finds a port: 30-40x slower (a median of 0.65-0.68 ms instead of
+    15-20 us at 15,000-19,000 connections, ``nox -s ports``), which stalls the event loop
+    and shows as the ``202``'s tail latency (docs/PERFORMANCE.md). Past the whole range,
+    connections fail.
     """
     warnings = []
     if open_files is not None and open_files < per_process:
@@ -88,7 +89,7 @@ def capacity_warnings(
             warnings.append(
                 f"up to {total:,} rollouts may call one trainer address at once, but the"
                 f" ephemeral port range {first}-{last} gives connect() {fast:,} ports"
-                f" before each new connection scans the range (~30x slower, seen as"
+                f" before each new connection scans the range (30-40x slower, seen as"
                 f" latency) and {count:,} before connections fail: widen it, e.g."
                 " sysctl -w net.ipv4.ip_local_port_range='1024 65535' (docs/DEPLOYMENT.md)"
             )
